@@ -1,28 +1,23 @@
 //! Throwaway real Postgres clusters and nsqd/nsqlookupd processes for tests.
 //!
 //! ```no_run
-//! let pg = testkit::Postgres::start()?;                  // own cluster, trust auth, user postgres
-//! let url = pg.create_database("accounts_test")?;       // postgres://postgres@127.0.0.1:PORT/accounts_test
+//! let pg = testkit::Postgres::start()?; // own cluster, free port, trust auth, user postgres
+//! let url = pg.create_database("accounts_test")?; // postgres://postgres@127.0.0.1:PORT/…
 //! let lookupd = testkit::Nsqlookupd::start()?;
-//! let nsqd = testkit::Nsqd::start(testkit::NsqdOptions {
-//!     lookupd_tcp_addresses: vec![lookupd.tcp_address()],
-//!     ..Default::default()
-//! })?;
+//! let mut options = testkit::NsqdOptions::default();
+//! options.lookupd_tcp_addresses.push(lookupd.tcp_address());
+//! let nsqd = testkit::Nsqd::start(options)?;
 //! nsqd.create_topic("audit")?;
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 //!
-//! Everything is blocking (std::process); call it at the start of a `#[tokio::test]` or in
-//! `spawn_blocking`. Dropping an instance kills its processes and deletes its files, also when
-//! the test panics. Each instance lives in `$TMPDIR/audit-trail-testkit/<pid>-<n>/`; starting
-//! an instance first reclaims directories left behind by test processes that were killed.
+//! Everything blocks (std::process): call it at the start of a `#[tokio::test]` or in
+//! `spawn_blocking`. Dropping an instance kills its processes and deletes its files, also on
+//! panic; instances abandoned by a killed test process are reclaimed when the next one starts.
+//! Binaries come from `PG_BIN_DIR`, `NSQD_BIN`, `NSQLOOKUPD_BIN`, else the usual places.
 //!
-//! Binaries: `PG_BIN_DIR` (else the newest `/usr/lib/postgresql/*/bin`, else
-//! `pg_config --bindir`), `NSQD_BIN` / `NSQLOOKUPD_BIN` (else `<workspace>/.tools/bin`, else
-//! `PATH`). Postgres refuses to run as root, so under root it runs as `postgres` (or `nobody`).
-//!
-//! Layout: `instance_dir` (directories and the sweep), `postgres`, `nsq` (nsqd, nsqlookupd),
-//! `http` (the admin-API client), `process` (binaries, signals, log tails).
+//! Layout: `postgres` and `nsq` (the instances), `instance_dir` (their directories and the
+//! sweep), `process` (binaries, signals, `/proc`, logs), `http` (nsqd's admin API), `port`.
 
 mod http;
 mod instance_dir;

@@ -160,6 +160,11 @@ impl Nsqlookupd {
         self.daemon.kill()
     }
 
+    /// Stops the process with SIGTERM and waits (up to 10 s, then SIGKILL).
+    pub fn stop(&mut self) -> Result<()> {
+        self.daemon.stop()
+    }
+
     /// Starts the process again on the same ports.
     pub fn start_again(&mut self) -> Result<()> {
         self.daemon.start_again()
@@ -291,14 +296,14 @@ impl Daemon {
             .and_then(|()| self.wait_until_ready(log_start));
         if let Err(error) = ready {
             let _ = self.kill();
-            return Err(error.context(format!(
-                "{} {} on tcp {} http {}; {}",
+            bail!(
+                "{} ({}) on tcp {} http {}: {error:#}\n{}",
                 self.name,
                 self.bin.display(),
                 self.tcp_address(),
                 self.http_address(),
                 process::log_excerpt(&log_path, log_start)
-            )));
+            );
         }
         Ok(())
     }

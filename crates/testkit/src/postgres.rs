@@ -154,8 +154,11 @@ impl Postgres {
     }
 
     /// Shuts the server down cleanly (`pg_ctl stop -m fast`); the data stays for
-    /// [`start_again`](Self::start_again).
+    /// [`start_again`](Self::start_again). Stopping a stopped server does nothing.
     pub fn stop(&mut self) -> Result<()> {
+        if self.postmaster_pid().is_none() {
+            return Ok(());
+        }
         let log_start = process::log_len(&self.log_path());
         let output = self.pg_ctl(&["stop", "-m", "fast"])?;
         if !output.status.success() {

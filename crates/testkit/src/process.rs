@@ -21,7 +21,8 @@ const LOG_HEAD_LINES: usize = 3;
 
 /// The workspace root, where `.tools/bin` holds pinned binaries fetched for development.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    fs::canonicalize(&root).unwrap_or(root)
 }
 
 /// Resolves an NSQ binary: the path in `env_var`, else `<workspace>/.tools/bin/<name>`,

@@ -153,6 +153,32 @@ fn nsqlookupd_can_be_killed_and_started_again() {
 }
 
 #[test]
+fn start_again_waits_for_its_port_to_be_released() {
+    let mut nsqd = Nsqd::start(NsqdOptions::default()).unwrap();
+    nsqd.kill().unwrap();
+    let squatter = std::net::TcpListener::bind(nsqd.http_address()).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        drop(squatter);
+    });
+    nsqd.start_again().unwrap();
+    release.join().unwrap();
+    assert!(nsqd.stats().is_ok());
+}
+
+#[test]
+fn start_again_on_a_port_that_stays_taken_fails_with_the_daemon_log() {
+    let mut lookupd = Nsqlookupd::start().unwrap();
+    lookupd.stop().unwrap();
+    let _squatter = std::net::TcpListener::bind(lookupd.tcp_address()).unwrap();
+    let message = format!("{:#}", lookupd.start_again().unwrap_err());
+    assert!(message.contains("restarting nsqlookupd"), "{message}");
+    assert!(message.contains(&lookupd.tcp_address()), "{message}");
+    assert!(message.contains("address already in use"), "{message}");
+    assert!(lookupd.pid().is_none());
+}
+
+#[test]
 fn dropping_nsqd_kills_it_and_deletes_its_data() {
     let nsqd = Nsqd::start(NsqdOptions::default()).unwrap();
     let pid = nsqd.pid().unwrap();

@@ -72,9 +72,35 @@ fn stop_and_start_again_keep_the_port_and_the_data() {
         pg.psql("postgres", "select 1").is_err(),
         "stopped server answered"
     );
+    pg.stop().unwrap(); // stopping twice is harmless
     pg.start_again().unwrap();
     assert_eq!(pg.port(), port);
     assert_eq!(pg.psql("postgres", "select v from kept").unwrap(), "yes");
+}
+
+#[test]
+fn start_again_waits_for_its_port_to_be_released() {
+    let mut pg = Postgres::start().unwrap();
+    pg.stop().unwrap();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", pg.port())).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        drop(squatter);
+    });
+    pg.start_again().unwrap();
+    release.join().unwrap();
+    assert_eq!(pg.psql("postgres", "select 2").unwrap(), "2");
+}
+
+#[test]
+fn start_again_on_a_port_that_stays_taken_fails_with_the_server_log() {
+    let mut pg = Postgres::start().unwrap();
+    pg.stop().unwrap();
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", pg.port())).unwrap();
+    let message = format!("{:#}", pg.start_again().unwrap_err());
+    assert!(message.contains("restarting Postgres"), "{message}");
+    assert!(message.contains("could not bind"), "{message}");
+    assert!(pg.pid().is_none());
 }
 
 #[test]
