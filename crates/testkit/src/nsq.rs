@@ -293,7 +293,7 @@ impl Daemon {
         let pid_file = self.dir.path().join(DAEMON_PID_FILE);
         let ready = fs::write(&pid_file, format!("{pid}\n"))
             .with_context(|| format!("writing {}", pid_file.display()))
-            .and_then(|()| self.wait_until_ready(log_start));
+            .and_then(|()| self.wait_until_ready());
         if let Err(error) = ready {
             let _ = self.kill();
             bail!(
@@ -308,29 +308,29 @@ impl Daemon {
         Ok(())
     }
 
-    /// Ready means our process logged that it listens on both ports and `/ping` answers `OK`.
-    /// The log check matters: when a probed port was taken by another process in the
-    /// meantime, that process may answer the ping while ours is failing to bind.
-    fn wait_until_ready(&mut self, log_start: u64) -> Result<()> {
+    /// Ready means our process listens on both ports and `/ping` answers `OK`. The ownership
+    /// check matters: when a probed port was taken by another process in the meantime, that
+    /// process may answer the ping while ours is failing to bind.
+    fn wait_until_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let listening = [
-            format!("TCP: listening on {}", self.tcp_address()),
-            format!("HTTP: listening on {}", self.http_address()),
-        ];
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait().context("polling the process")? {
-                    self.child = None;
-                    bail!("exited during startup with {status}");
-                }
+            let Some(child) = self.child.as_mut() else {
+                bail!("no process to wait for");
+            };
+            if let Some(status) = child.try_wait().context("polling the process")? {
+                self.child = None;
+                bail!("exited during startup with {status}");
             }
-            let log = process::read_from(&self.log_path(), log_start).unwrap_or_default();
-            if listening.iter().all(|line| log.contains(line.as_str())) && self.pings() {
+            let pid = child.id();
+            if process::listens_on(pid, self.tcp_port)
+                && process::listens_on(pid, self.http_port)
+                && self.pings()
+            {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "did not answer GET /ping with OK within {} s",
+                    "did not listen and answer GET /ping with OK within {} s",
                     READY_TIMEOUT.as_secs()
                 );
             }

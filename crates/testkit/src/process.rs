@@ -127,6 +127,53 @@ pub(crate) fn terminate(pid: u32, signal: &str, grace: Duration) {
     }
 }
 
+/// Whether process `pid` holds a listening TCP socket on `port`: the socket's inode, from
+/// `/proc/net/tcp{,6}`, is among the process's open file descriptors. This tells our daemon
+/// apart from another process that took the port we probed.
+pub(crate) fn listens_on(pid: u32, port: u16) -> bool {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        fs::read_link(fd.path()).is_ok_and(|target| {
+            target
+                .to_str()
+                .and_then(|target| target.strip_prefix("socket:["))
+                .and_then(|rest| rest.strip_suffix(']'))
+                .is_some_and(|inode| inodes.iter().any(|known| known == inode))
+        })
+    })
+}
+
+/// Inodes of the sockets listening on `port`, any address.
+fn listening_inodes(port: u16) -> Vec<String> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| fs::read_to_string(table).ok())
+        .flat_map(|table| parse_listening_inodes(&table, port))
+        .collect()
+}
+
+/// Rows look like `0: 0100007F:1F90 00000000:0000 0A … <inode> …`; state `0A` is LISTEN.
+fn parse_listening_inodes(table: &str, port: u16) -> Vec<String> {
+    let port = format!("{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|row| {
+            let fields: Vec<&str> = row.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit_once(':')?.1;
+            let listening = local_port == port && *fields.get(3)? == "0A";
+            let inode = fields.get(9)?;
+            listening.then(|| (*inode).to_owned())
+        })
+        .collect()
+}
+
 /// What a daemon wrote to `path` from byte `start` on (the current attempt), for an error
 /// message: its last `LOG_TAIL_LINES` lines, preceded by its first lines when those were cut,
 /// since the first line is often the reason (a Go flag error comes before a page of usage).
@@ -204,6 +251,22 @@ mod tests {
                 start_time: 987654
             })
         );
+    }
+
+    #[test]
+    fn listening_sockets_are_found_by_port_and_state() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1\n";
+        assert_eq!(parse_listening_inodes(table, 8080), vec!["4242"]);
+        assert!(parse_listening_inodes(table, 8081).is_empty());
+    }
+
+    #[test]
+    fn a_listener_of_ours_is_seen_and_a_free_port_is_not() {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listens_on(std::process::id(), port));
+        drop(listener);
+        assert!(!listens_on(std::process::id(), port));
     }
 
     #[test]

@@ -122,7 +122,11 @@ fn stop_flushes_messages_and_start_again_restores_them_on_the_same_ports() {
 fn kill_stops_nsqd_at_once_and_start_again_brings_it_back() {
     let mut nsqd = Nsqd::start(NsqdOptions {
         msg_timeout: Some(Duration::from_millis(1500)),
-        extra_args: vec!["--mem-queue-size=10".to_owned()],
+        // Quiet logs must not hide readiness.
+        extra_args: vec![
+            "--mem-queue-size=10".to_owned(),
+            "--log-level=error".to_owned(),
+        ],
         ..Default::default()
     })
     .unwrap();
