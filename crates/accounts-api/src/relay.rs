@@ -1,0 +1,220 @@
+//! The outbox relay: moves committed audit events from the `outbox` table to
+//! nsqd, and marks them published only once nsqd has acknowledged them.
+//!
+//! Any number of relays (in any number of processes) may run at once: each
+//! batch is claimed with `FOR UPDATE SKIP LOCKED` inside one transaction that
+//! also marks the rows, so two relays never publish the same row, and a relay
+//! that dies mid-batch leaves its rows pending for the next. A row may still
+//! be published twice (nsqd acknowledged, then the COMMIT failed), which the
+//! consumer absorbs by deduplicating on `event_id`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use slog::Logger;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::outbox;
+
+/// What one [`publish_once`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Rows claimed from the outbox.
+    pub claimed: usize,
+    /// Rows nsqd acknowledged, now marked published.
+    pub published: usize,
+    /// Rows nsqd can never accept, now parked.
+    pub parked: usize,
+}
+
+/// How the relay loop runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub topic: nsq::Topic,
+    pub batch_size: u32,
+    /// Fallback for rows written by other processes, which cannot wake us.
+    pub poll_interval: Duration,
+}
+
+/// Publishes one batch of at most `batch_size` pending rows.
+///
+/// On a publish error the transaction is rolled back and the rows stay
+/// pending. A row nsqd would refuse for its size is parked (with the reason)
+/// rather than retried forever, and the rest of the batch goes out.
+pub async fn publish_once(
+    pool: &PgPool,
+    producer: &nsq::Producer,
+    topic: &nsq::Topic,
+    batch_size: u32,
+    logger: &Logger,
+) -> anyhow::Result<Published> {
+    let mut tx = pool
+        .begin()
+        .await
+        .context("starting the relay transaction")?;
+    let mut rows = outbox::claim(&mut tx, i64::from(batch_size))
+        .await
+        .context("claiming outbox rows")?;
+    let claimed = rows.len();
+    if rows.is_empty() {
+        tx.commit().await.context("ending the relay transaction")?;
+        return Ok(Published::default());
+    }
+
+    let mut parked = 0;
+    while !rows.is_empty() {
+        let bodies: Vec<&[u8]> = rows.iter().map(|row| row.payload.as_bytes()).collect();
+        let (index, reason) = match producer.multi_publish(topic, &bodies).await {
+            Ok(()) => break,
+            // Both are refused before anything is sent, and would be refused
+            // again on every retry.
+            Err(error @ nsq::Error::MessageTooLarge { index, .. })
+            | Err(error @ nsq::Error::EmptyMessage { index }) => (index, error.to_string()),
+            Err(error) => {
+                // Rolling back releases the claim; the rows are retried.
+                let _ = tx.rollback().await;
+                return Err(error).context("publishing to nsqd");
+            }
+        };
+        let row = rows.remove(index);
+        slog::error!(logger, "outbox row parked: nsqd can never accept it";
+            "outbox_id" => row.id, "error" => &reason);
+        outbox::park(&mut tx, row.id, &reason)
+            .await
+            .context("parking an outbox row")?;
+        parked += 1;
+    }
+
+    let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+    if !ids.is_empty() {
+        outbox::mark_published(&mut tx, &ids)
+            .await
+            .context("marking outbox rows published")?;
+    }
+    tx.commit()
+        .await
+        .context("committing published outbox rows")?;
+    Ok(Published {
+        claimed,
+        published: ids.len(),
+        parked,
+    })
+}
+
+/// Publishes until `shutdown` is cancelled, stopping only between batches.
+///
+/// Wakes when `wake` is signalled (a local commit wrote an outbox row) or
+/// every `poll_interval`; keeps going while batches come back full. While
+/// nsqd or the database is unavailable it retries with a capped exponential
+/// backoff, forever, logging only when the state changes.
+pub async fn run(
+    pool: PgPool,
+    producer: nsq::Producer,
+    settings: Settings,
+    wake: Arc<Notify>,
+    logger: Logger,
+    shutdown: CancellationToken,
+) {
+    slog::info!(logger, "relay started";
+        "topic" => settings.topic.as_str(), "nsqd" => producer.address(),
+        "batch_size" => settings.batch_size);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut failing = false;
+    while !shutdown.is_cancelled() {
+        let result = publish_once(
+            &pool,
+            &producer,
+            &settings.topic,
+            settings.batch_size,
+            &logger,
+        )
+        .await;
+        let pause = match result {
+            Ok(published) => {
+                if failing {
+                    slog::info!(logger, "relay recovered; publishing again");
+                    failing = false;
+                    backoff.reset();
+                }
+                if published.published > 0 || published.parked > 0 {
+                    slog::debug!(logger, "published outbox rows";
+                        "published" => published.published, "parked" => published.parked);
+                }
+                if published.claimed >= settings.batch_size as usize {
+                    // More may be waiting: drain before sleeping.
+                    continue;
+                }
+                None
+            }
+            Err(error) => {
+                if !failing {
+                    slog::warn!(logger, "relay cannot publish; retrying until it can";
+                        "error" => format!("{error:#}"));
+                    failing = true;
+                }
+                Some(backoff.next_delay())
+            }
+        };
+        match pause {
+            Some(delay) => {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => break,
+                }
+            }
+            None => {
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(settings.poll_interval) => {}
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+    slog::info!(logger, "relay stopped");
+}
+
+/// Capped exponential backoff: `initial`, doubling, at most `max`.
+#[derive(Debug)]
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let delays: Vec<u128> = (0..8).map(|_| backoff.next_delay().as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), Duration::from_millis(100));
+    }
+}

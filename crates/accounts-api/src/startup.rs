@@ -1,0 +1,187 @@
+//! Building and running the service: the database pool, migrations, the
+//! HTTP server and the relay task, and their orderly shutdown.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use slog::Logger;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Verifier;
+use crate::config::{Config, DatabaseConfig};
+use crate::relay;
+use crate::request_id;
+use crate::routes::{self, AppState};
+
+/// How long a request waits for a database connection before it gets 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long in-flight requests get to finish on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The embedded migrations of this service. Versions of another service
+/// sharing the database (the audit consumer's 2xxx) are ignored.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("../../migrations/accounts");
+    migrator.set_ignore_missing(true);
+    migrator
+}
+
+/// A pool that does not connect until first used, so the service starts
+/// (and answers `/healthz`, and 503s) while the database is still away.
+pub fn connect_pool(config: &DatabaseConfig) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(config.connect_options.clone())
+}
+
+/// Applies pending migrations.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    migrator()
+        .run(pool)
+        .await
+        .context("applying the accounts migrations")
+}
+
+/// The built service, bound to its port but not yet serving.
+pub struct Application {
+    port: u16,
+    server: Server,
+    pool: PgPool,
+    relay: Option<RelayTask>,
+    outbox_written: Arc<Notify>,
+    logger: Logger,
+}
+
+struct RelayTask {
+    producer: nsq::Producer,
+    settings: relay::Settings,
+}
+
+impl Application {
+    /// Connects the pool, runs migrations (when `RUN_MIGRATIONS`), and binds
+    /// the listener (`API_BIND`; port 0 picks a free one).
+    pub async fn build(config: Config, logger: Logger) -> anyhow::Result<Application> {
+        let pool = connect_pool(&config.database);
+        if config.database.run_migrations {
+            migrate(&pool).await?;
+            slog::info!(logger, "migrations applied");
+        }
+
+        let listener = TcpListener::bind(config.api_bind)
+            .with_context(|| format!("binding {}", config.api_bind))?;
+        let port = listener
+            .local_addr()
+            .context("reading the bound port")?
+            .port();
+
+        let outbox_written = Arc::new(Notify::new());
+        let state = web::Data::new(AppState {
+            pool: pool.clone(),
+            verifier: Verifier::new(&config.auth),
+            max_body_bytes: config.max_body_bytes,
+            outbox_written: outbox_written.clone(),
+            logger: logger.clone(),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(request_id::middleware))
+                .configure(routes::configure)
+        })
+        // Signals are the caller's business (the shutdown token), not actix's.
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .listen(listener)
+        .context("starting the HTTP server")?
+        .run();
+
+        let relay = config.relay.enabled.then(|| RelayTask {
+            producer: nsq::Producer::new(
+                config.relay.nsqd_tcp_address.clone(),
+                nsq::ProducerConfig::default(),
+                logger.clone(),
+            ),
+            settings: relay::Settings {
+                topic: config.relay.topic.clone(),
+                batch_size: config.relay.batch_size,
+                poll_interval: config.relay.poll_interval,
+            },
+        });
+
+        slog::info!(logger, "accounts-api listening";
+            "address" => %config.api_bind, "port" => port, "relay" => config.relay.enabled);
+        Ok(Application {
+            port,
+            server,
+            pool,
+            relay,
+            outbox_written,
+            logger,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets
+    /// in-flight requests finish, stops the relay between batches, and
+    /// returns once everything has ended.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            server,
+            pool,
+            relay,
+            outbox_written,
+            logger,
+            ..
+        } = self;
+
+        let relay = relay.map(|task| {
+            tokio::spawn(relay::run(
+                pool.clone(),
+                task.producer,
+                task.settings,
+                outbox_written,
+                logger.new(slog::o!("task" => "relay")),
+                shutdown.clone(),
+            ))
+        });
+
+        let handle = server.handle();
+        let server = tokio::spawn(server);
+        let stopper = {
+            let shutdown = shutdown.clone();
+            let logger = logger.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                slog::info!(logger, "stopping: finishing in-flight requests");
+                handle.stop(true).await;
+            })
+        };
+
+        let served = server.await;
+        // The server can also end on its own (a fatal error); the rest of
+        // the service follows it down.
+        shutdown.cancel();
+        let _ = stopper.await;
+        if let Some(relay) = relay {
+            relay.await.context("the relay task panicked")?;
+        }
+        pool.close().await;
+        served
+            .context("the HTTP server task panicked")?
+            .context("the HTTP server failed")?;
+        slog::info!(logger, "stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,210 @@
+//! Requests without a valid token: 401 with `WWW-Authenticate: Bearer`,
+//! problem+json, and no audit event.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use accounts_api::config::JwtSecret;
+use accounts_api::issue_token;
+use audit_event::ActorType;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{problem, spawn_app, spawn_app_with, TestApp, SECRET};
+
+async fn expect_unauthorized(app: &TestApp, authorization: Option<String>) {
+    let mut request = app
+        .client
+        .post(app.actions_url(&Uuid::new_v4().to_string()))
+        .header("content-type", "application/json")
+        .body(json!({"action": "open", "params": {"name": "Acme"}}).to_string());
+    if let Some(value) = &authorization {
+        request = request.header("authorization", value);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 401, "{authorization:?}");
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    assert!(response.headers().contains_key("x-request-id"));
+    assert_eq!(problem(response).await["code"], "unauthorized");
+    assert_eq!(
+        app.outbox_count().await,
+        0,
+        "{authorization:?} wrote an event"
+    );
+    assert!(app.accounts().await.is_empty());
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn sign(claims: &Value, algorithm: Algorithm, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &Header::new(algorithm),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+/// base64url without padding, for hand-made tokens.
+fn b64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_missing_or_malformed_authorization_header_is_401() {
+    let app = spawn_app().await;
+    expect_unauthorized(&app, None).await;
+    expect_unauthorized(&app, Some("Basic YWxpY2U6c2VjcmV0".into())).await;
+    expect_unauthorized(&app, Some("Bearer".into())).await;
+    expect_unauthorized(&app, Some("Bearer not.a.jwt".into())).await;
+}
+
+#[tokio::test]
+async fn a_token_with_a_bad_signature_is_401() {
+    let app = spawn_app().await;
+    let claims = json!({"sub": "alice", "exp": now() + 600});
+    let forged = sign(
+        &claims,
+        Algorithm::HS256,
+        b"another-secret-another-secret-000",
+    );
+    expect_unauthorized(&app, Some(format!("Bearer {forged}"))).await;
+}
+
+#[tokio::test]
+async fn an_expired_token_is_401() {
+    let app = spawn_app().await;
+    let claims = json!({"sub": "alice", "exp": now() - 3600});
+    let expired = sign(&claims, Algorithm::HS256, SECRET.as_bytes());
+    expect_unauthorized(&app, Some(format!("Bearer {expired}"))).await;
+}
+
+#[tokio::test]
+async fn a_token_without_exp_or_sub_is_401() {
+    let app = spawn_app().await;
+    let no_exp = sign(
+        &json!({"sub": "alice"}),
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+    );
+    expect_unauthorized(&app, Some(format!("Bearer {no_exp}"))).await;
+    let no_sub = sign(
+        &json!({"exp": now() + 600}),
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+    );
+    expect_unauthorized(&app, Some(format!("Bearer {no_sub}"))).await;
+}
+
+#[tokio::test]
+async fn alg_none_and_other_algorithms_are_401() {
+    let app = spawn_app().await;
+    let claims = json!({"sub": "alice", "exp": now() + 600});
+    let unsigned = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(claims.to_string().as_bytes())
+    );
+    expect_unauthorized(&app, Some(format!("Bearer {unsigned}"))).await;
+    for algorithm in [Algorithm::HS384, Algorithm::HS512] {
+        let token = sign(&claims, algorithm, SECRET.as_bytes());
+        expect_unauthorized(&app, Some(format!("Bearer {token}"))).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_subjects_and_actor_types_are_401() {
+    let app = spawn_app().await;
+    let exp = now() + 600;
+    for claims in [
+        json!({"sub": "", "exp": exp}),
+        json!({"sub": "a\u{0}b", "exp": exp}),
+        json!({"sub": "x".repeat(256), "exp": exp}),
+        json!({"sub": "alice", "exp": exp, "actor_type": "admin"}),
+        json!({"sub": 42, "exp": exp}),
+    ] {
+        let token = sign(&claims, Algorithm::HS256, SECRET.as_bytes());
+        expect_unauthorized(&app, Some(format!("Bearer {token}"))).await;
+    }
+}
+
+#[tokio::test]
+async fn wrong_issuer_or_audience_is_401_when_configured() {
+    let app = spawn_app_with(|config| {
+        config.auth.issuer = Some("https://issuer.example".into());
+        config.auth.audience = Some("accounts-api".into());
+    })
+    .await;
+    let secret = JwtSecret::new(SECRET).unwrap();
+    for (issuer, audience) in [
+        (Some("https://other.example"), Some("accounts-api")),
+        (Some("https://issuer.example"), Some("other-api")),
+        (None, Some("accounts-api")),
+        (Some("https://issuer.example"), None),
+    ] {
+        let token = issue_token(
+            &secret,
+            "alice",
+            ActorType::User,
+            Duration::from_secs(600),
+            issuer,
+            audience,
+        );
+        expect_unauthorized(&app, Some(format!("Bearer {token}"))).await;
+    }
+    // The configured pair is accepted.
+    let response = app
+        .act(
+            Uuid::new_v4(),
+            json!({"action": "open", "params": {"name": "Acme"}}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .post(app.actions_url(&Uuid::new_v4().to_string()))
+        .header("authorization", format!("bearer {}", app.token("alice")))
+        .header("content-type", "application/json")
+        .body(json!({"action": "open", "params": {"name": "Acme"}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+}
+
+#[tokio::test]
+async fn authentication_comes_before_every_other_check() {
+    let app = spawn_app().await;
+    // Wrong id, wrong content type and a huge body: still 401, no event.
+    let response = app
+        .client
+        .post(app.actions_url("not-a-uuid"))
+        .header("content-type", "text/plain")
+        .body("x".repeat(100_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(app.outbox_count().await, 0);
+}

@@ -1,0 +1,234 @@
+//! `spawn_app()`: a fresh Postgres cluster, the service bound to port 0, and
+//! helpers to drive it and read what it wrote.
+
+use std::time::Duration;
+
+use accounts_api::config::JwtSecret;
+use accounts_api::{issue_token, Application, Config};
+use audit_event::{ActorType, AuditEvent};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const SECRET: &str = "test-secret-0123456789-abcdefghijklmnop";
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    /// A pool of the test's own, for reading what the service wrote.
+    pub pool: PgPool,
+    pub client: reqwest::Client,
+    pub config: Config,
+    /// Kept for tests that stop and restart the database.
+    pub postgres: Option<testkit::Postgres>,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts the service with the relay off: outbox rows stay where tests can
+/// count them.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the service after `adjust` has changed its configuration.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let postgres = tokio::task::spawn_blocking(testkit::Postgres::start)
+        .await
+        .unwrap()
+        .expect("starting Postgres");
+    let url = postgres.create_database("accounts").unwrap();
+    let mut config = Config::from_vars([
+        ("DATABASE_URL", url.as_str()),
+        ("AUTH_JWT_SECRET", SECRET),
+        ("API_BIND", "127.0.0.1:0"),
+        ("RELAY_ENABLED", "false"),
+        ("RELAY_POLL_INTERVAL_MS", "50"),
+    ])
+    .unwrap();
+    adjust(&mut config);
+
+    let application = Application::build(config.clone(), telemetry::test_logger())
+        .await
+        .expect("building the application");
+    let port = application.port();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap();
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        pool,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        config,
+        postgres: Some(postgres),
+        shutdown,
+        server: Some(server),
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// One account row, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRow {
+    pub id: Uuid,
+    pub name: String,
+    pub status: String,
+    pub version: i64,
+}
+
+impl TestApp {
+    pub fn secret(&self) -> &JwtSecret {
+        &self.config.auth.secret
+    }
+
+    /// A valid token for `actor` (a user), with the configured iss/aud.
+    pub fn token(&self, actor: &str) -> String {
+        self.token_of(actor, ActorType::User)
+    }
+
+    pub fn token_of(&self, actor: &str, actor_type: ActorType) -> String {
+        issue_token(
+            self.secret(),
+            actor,
+            actor_type,
+            Duration::from_secs(600),
+            self.config.auth.issuer.as_deref(),
+            self.config.auth.audience.as_deref(),
+        )
+    }
+
+    pub fn actions_url(&self, id: &str) -> String {
+        format!("{}/accounts/{id}/actions", self.address)
+    }
+
+    /// A POST to the actions route with a valid token for `alice`; no body yet.
+    pub fn post(&self, id: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.actions_url(id))
+            .bearer_auth(self.token("alice"))
+    }
+
+    /// Sends `body` as JSON with a valid token.
+    pub async fn act(&self, id: impl ToString, body: Value) -> reqwest::Response {
+        self.post(&id.to_string())
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Opens an account and returns its id.
+    pub async fn open_account(&self, name: &str) -> Uuid {
+        let id = Uuid::new_v4();
+        let response = self
+            .act(
+                id,
+                serde_json::json!({"action": "open", "params": {"name": name}}),
+            )
+            .await;
+        assert_eq!(response.status().as_u16(), 201);
+        id
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    /// Every event in the outbox, oldest first, parsed (which validates it).
+    pub async fn outbox_events(&self) -> Vec<AuditEvent> {
+        sqlx::query_scalar!("SELECT payload FROM outbox ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|payload| {
+                let event = AuditEvent::parse(payload.as_bytes()).expect("a valid event");
+                event.validate().unwrap();
+                event
+            })
+            .collect()
+    }
+
+    pub async fn outbox_count(&self) -> i64 {
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM outbox"#)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn pending_count(&self) -> i64 {
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM outbox WHERE published_at IS NULL"#)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn accounts(&self) -> Vec<AccountRow> {
+        sqlx::query_as!(
+            AccountRow,
+            "SELECT id, name, status, version FROM accounts ORDER BY id"
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn account(&self, id: Uuid) -> Option<AccountRow> {
+        self.accounts().await.into_iter().find(|a| a.id == id)
+    }
+}
+
+/// Waits up to `timeout` for `check` to hold.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The body of a problem+json response, after checking its content type.
+pub async fn problem(response: reqwest::Response) -> Value {
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json",
+        "status {}",
+        response.status()
+    );
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    for field in ["type", "title", "detail", "code"] {
+        assert!(body[field].is_string(), "{field} missing in {body}");
+    }
+    body
+}

@@ -1,0 +1,314 @@
+//! The relay against a real nsqd: rows published and marked, rows kept while
+//! nsqd is away, no row published twice by racing relays, oversized rows
+//! parked.
+
+use std::time::Duration;
+
+use accounts_api::relay::{publish_once, Published};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{eventually, spawn_app, spawn_app_with, TestApp};
+
+const TOPIC: &str = "audit.events";
+
+async fn start_nsqd() -> testkit::Nsqd {
+    tokio::task::spawn_blocking(|| testkit::Nsqd::start(testkit::NsqdOptions::default()))
+        .await
+        .unwrap()
+        .expect("starting nsqd")
+}
+
+/// How many messages nsqd has received on `topic` since it started.
+fn message_count(nsqd: &testkit::Nsqd, topic: &str) -> u64 {
+    let stats = nsqd.stats().unwrap();
+    stats["topics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["topic_name"] == topic)
+        .and_then(|t| t["message_count"].as_u64())
+        .unwrap_or(0)
+}
+
+fn producer(address: String) -> nsq::Producer {
+    nsq::Producer::new(
+        address,
+        nsq::ProducerConfig::default(),
+        telemetry::test_logger(),
+    )
+}
+
+fn topic() -> nsq::Topic {
+    nsq::Topic::new(TOPIC).unwrap()
+}
+
+/// Writes `n` small pending rows straight into the outbox.
+async fn insert_rows(app: &TestApp, n: i32) {
+    sqlx::query!(
+        "INSERT INTO outbox (event_id, payload)
+         SELECT gen_random_uuid(), '{\"n\":' || i || '}' FROM generate_series(1, $1::int) AS i",
+        n
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
+async fn send_mixed_requests(app: &TestApp) -> usize {
+    let id = app.open_account("Acme").await;
+    app.act(
+        id,
+        json!({"action": "rename", "params": {"name": "Acme 2"}}),
+    )
+    .await;
+    app.act(id, json!({"action": "reactivate"})).await; // 409, audited
+    app.act("nope", json!({"action": "close"})).await; // 400, audited
+    4
+}
+
+#[tokio::test]
+async fn the_relay_publishes_committed_events_and_marks_them() {
+    let nsqd = start_nsqd().await;
+    let address = nsqd.tcp_address();
+    let app = spawn_app_with(|config| {
+        config.relay.enabled = true;
+        config.relay.nsqd_tcp_address = address;
+    })
+    .await;
+    let sent = send_mixed_requests(&app).await;
+
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            app.pending_count().await == 0
+        })
+        .await,
+        "rows still pending"
+    );
+    assert_eq!(app.outbox_count().await, sent as i64);
+    assert_eq!(message_count(&nsqd, TOPIC), sent as u64);
+    let attempts = sqlx::query_scalar!("SELECT publish_attempts FROM outbox")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert!(attempts.iter().all(|a| *a == 1), "{attempts:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rows_wait_while_nsqd_is_down_and_are_published_when_it_returns() {
+    let mut nsqd = start_nsqd().await;
+    let address = nsqd.tcp_address();
+    let nsqd = tokio::task::spawn_blocking(move || {
+        nsqd.stop().unwrap();
+        nsqd
+    })
+    .await
+    .unwrap();
+    let app = spawn_app_with(|config| {
+        config.relay.enabled = true;
+        config.relay.nsqd_tcp_address = address;
+    })
+    .await;
+    let sent = send_mixed_requests(&app).await;
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.pending_count().await, sent as i64);
+
+    let nsqd = tokio::task::spawn_blocking(move || {
+        let mut nsqd = nsqd;
+        nsqd.start_again().unwrap();
+        nsqd
+    })
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            app.pending_count().await == 0
+        })
+        .await,
+        "rows were not published after nsqd came back"
+    );
+    assert_eq!(message_count(&nsqd, TOPIC), sent as u64);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn publish_once_with_nsqd_unreachable_leaves_rows_pending() {
+    let app = spawn_app().await;
+    insert_rows(&app, 5).await;
+    let unreachable = producer(format!("127.0.0.1:{}", testkit::free_port()));
+    let result = publish_once(
+        &app.pool,
+        &unreachable,
+        &topic(),
+        100,
+        &telemetry::test_logger(),
+    )
+    .await;
+    assert!(result.is_err());
+    assert_eq!(app.pending_count().await, 5);
+    let attempts: i64 = sqlx::query_scalar!(r#"SELECT sum(publish_attempts) AS "n!" FROM outbox"#)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 0);
+}
+
+#[tokio::test]
+async fn racing_publish_once_calls_never_publish_a_row_twice() {
+    let nsqd = start_nsqd().await;
+    let app = spawn_app().await;
+    const ROWS: i32 = 600;
+    insert_rows(&app, ROWS).await;
+
+    let relay = |producer: nsq::Producer| {
+        let pool = app.pool.clone();
+        async move {
+            let mut total = 0;
+            loop {
+                let published =
+                    publish_once(&pool, &producer, &topic(), 25, &telemetry::test_logger())
+                        .await
+                        .unwrap();
+                if published.claimed == 0 {
+                    return total;
+                }
+                total += published.published;
+            }
+        }
+    };
+    let (a, b, c) = tokio::join!(
+        relay(producer(nsqd.tcp_address())),
+        relay(producer(nsqd.tcp_address())),
+        relay(producer(nsqd.tcp_address())),
+    );
+    assert_eq!(a + b + c, ROWS as usize, "{a} + {b} + {c}");
+    assert_eq!(message_count(&nsqd, TOPIC), ROWS as u64);
+    assert_eq!(app.pending_count().await, 0);
+    let twice: i64 =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM outbox WHERE publish_attempts <> 1"#)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(twice, 0);
+}
+
+#[tokio::test]
+async fn publish_once_skips_rows_another_relay_has_claimed() {
+    let nsqd = start_nsqd().await;
+    let app = spawn_app().await;
+    insert_rows(&app, 30).await;
+    let producer = producer(nsqd.tcp_address());
+
+    // Another relay's open transaction holds the 10 oldest rows.
+    let mut other = app.pool.begin().await.unwrap();
+    let held = accounts_api::outbox::claim(&mut other, 10).await.unwrap();
+    assert_eq!(held.len(), 10);
+
+    let published = publish_once(
+        &app.pool,
+        &producer,
+        &topic(),
+        100,
+        &telemetry::test_logger(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        published,
+        Published {
+            claimed: 20,
+            published: 20,
+            parked: 0
+        }
+    );
+    other.rollback().await.unwrap();
+
+    let published = publish_once(
+        &app.pool,
+        &producer,
+        &topic(),
+        100,
+        &telemetry::test_logger(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(published.published, 10);
+    assert_eq!(message_count(&nsqd, TOPIC), 30);
+}
+
+#[tokio::test]
+async fn a_row_too_large_for_nsqd_is_parked_and_the_rest_published() {
+    let nsqd = start_nsqd().await;
+    let app = spawn_app().await;
+    insert_rows(&app, 3).await;
+    let huge = "x".repeat(2 * 1024 * 1024);
+    sqlx::query!(
+        "INSERT INTO outbox (event_id, payload) VALUES ($1, $2)",
+        Uuid::now_v7(),
+        huge
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    insert_rows(&app, 3).await;
+    let producer = producer(nsqd.tcp_address());
+
+    let published = publish_once(
+        &app.pool,
+        &producer,
+        &topic(),
+        100,
+        &telemetry::test_logger(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        published,
+        Published {
+            claimed: 7,
+            published: 6,
+            parked: 1
+        }
+    );
+    assert_eq!(message_count(&nsqd, TOPIC), 6);
+    let parked = sqlx::query!(
+        "SELECT length(payload) AS len, last_error, publish_attempts FROM outbox WHERE parked_at IS NOT NULL"
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].len, Some(huge.len() as i32));
+    assert!(parked[0].last_error.as_deref().unwrap().contains("bytes"));
+    assert_eq!(parked[0].publish_attempts, 1);
+
+    // It is not claimed again.
+    let again = publish_once(
+        &app.pool,
+        &producer,
+        &topic(),
+        100,
+        &telemetry::test_logger(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, Published::default());
+}
+
+#[tokio::test]
+async fn shutdown_is_prompt_while_the_relay_is_backing_off() {
+    let app = spawn_app_with(|config| {
+        config.relay.enabled = true;
+        config.relay.nsqd_tcp_address = format!("127.0.0.1:{}", testkit::free_port());
+    })
+    .await;
+    app.open_account("Acme").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("the service did not stop");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
