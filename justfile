@@ -37,7 +37,7 @@ token actor *args:
 
 # Send N mixed requests to the running `just dev` stack and check the audit trail they leave
 verify n="1000":
-    AUTH_JWT_SECRET="${AUTH_JWT_SECRET:-{{dev_secret}}}" cargo run -q --release -p e2e -- --requests {{n}}
+    AUTH_JWT_SECRET="${AUTH_JWT_SECRET:-{{dev_secret}}}" cargo run -q -p e2e -- --requests {{n}}
 
 # Regenerate .sqlx/ (the compile-time query data) after changing SQL or migrations
 prepare:
