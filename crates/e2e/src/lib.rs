@@ -152,16 +152,43 @@ fn plan(target: &Target, run: &str, requests: usize, seed: u64) -> anyhow::Resul
         };
         let name = format!("Account {}", rng.below(1000));
         let (content_type, body) = match rng.below(100) {
-            0..=19 => ("application/json", json!({"action": "open", "params": {"name": name}})),
-            20..=39 => ("application/json", json!({"action": "rename", "params": {"name": name}})),
-            40..=54 => ("application/json", json!({"action": "suspend", "params": {"reason": "review"}})),
-            55..=69 => ("application/json", json!({"action": "reactivate", "params": {}})),
-            70..=79 => ("application/json", json!({"action": "close", "params": {"reason": "done"}})),
+            0..=19 => (
+                "application/json",
+                json!({"action": "open", "params": {"name": name}}),
+            ),
+            20..=39 => (
+                "application/json",
+                json!({"action": "rename", "params": {"name": name}}),
+            ),
+            40..=54 => (
+                "application/json",
+                json!({"action": "suspend", "params": {"reason": "review"}}),
+            ),
+            55..=69 => (
+                "application/json",
+                json!({"action": "reactivate", "params": {}}),
+            ),
+            70..=79 => (
+                "application/json",
+                json!({"action": "close", "params": {"reason": "done"}}),
+            ),
             80..=84 => ("application/json", json!({"action": "close", "params": {}})),
-            85..=87 => ("application/json", json!({"action": "delete", "params": {}})),
-            88..=90 => ("application/json", json!({"action": "rename", "params": {"name": "   "}})),
-            91..=93 => ("application/json", json!({"action": "rename", "params": {"name": name, "extra": 1}})),
-            94..=96 => ("text/plain", json!({"action": "open", "params": {"name": name}})),
+            85..=87 => (
+                "application/json",
+                json!({"action": "delete", "params": {}}),
+            ),
+            88..=90 => (
+                "application/json",
+                json!({"action": "rename", "params": {"name": "   "}}),
+            ),
+            91..=93 => (
+                "application/json",
+                json!({"action": "rename", "params": {"name": name, "extra": 1}}),
+            ),
+            94..=96 => (
+                "text/plain",
+                json!({"action": "open", "params": {"name": name}}),
+            ),
             _ => ("application/json", Value::String("{\"action\": ".into())),
         };
         let body = match body {
@@ -204,7 +231,11 @@ pub async fn drive(
     results.into_iter().collect()
 }
 
-async fn send(client: &reqwest::Client, target: &Target, p: Planned) -> anyhow::Result<Expectation> {
+async fn send(
+    client: &reqwest::Client,
+    target: &Target,
+    p: Planned,
+) -> anyhow::Result<Expectation> {
     let url = format!("{}/accounts/{}/actions", target.api_base, p.path_id);
     let mut request = client
         .post(&url)
@@ -227,7 +258,10 @@ async fn send(client: &reqwest::Client, target: &Target, p: Planned) -> anyhow::
         .map(str::to_owned);
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if echoed.as_deref() != Some(p.request_id.as_str()) {
-        bail!("request {}: X-Request-Id echoed as {echoed:?}", p.request_id);
+        bail!(
+            "request {}: X-Request-Id echoed as {echoed:?}",
+            p.request_id
+        );
     }
     let expected = match (p.actor, status) {
         (None, 401) => Expected::NoEvent,
@@ -299,7 +333,15 @@ pub async fn verify(
     // Give stragglers (a duplicate, say) a moment to show themselves.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    type Row = (Uuid, String, String, String, Option<i32>, Option<i64>, String);
+    type Row = (
+        Uuid,
+        String,
+        String,
+        String,
+        Option<i32>,
+        Option<i64>,
+        String,
+    );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT event_id, request_id, outcome, actor_id, error_status, sequence, action
          FROM audit_logs WHERE request_id LIKE $1",
@@ -408,7 +450,10 @@ mod tests {
         let without = planned.iter().filter(|p| p.actor.is_none()).count();
         let users = planned.iter().filter(|p| p.actor == Some(USER)).count();
         let services = planned.iter().filter(|p| p.actor == Some(SERVICE)).count();
-        assert!(without > 30 && users > 300 && services > 300, "{without} {users} {services}");
+        assert!(
+            without > 30 && users > 300 && services > 300,
+            "{without} {users} {services}"
+        );
         for action in ["open", "rename", "suspend", "reactivate", "close", "delete"] {
             let needle = format!("\"action\":\"{action}\"");
             assert!(

@@ -43,9 +43,7 @@ fn parse_args() -> anyhow::Result<Option<Args>> {
         if flag == "--help" || flag == "-h" {
             return Ok(None);
         }
-        let value = it
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         let number = || {
             value
                 .parse::<u64>()
