@@ -43,3 +43,16 @@ pub use message::Message;
 pub use names::{Channel, InvalidName, Topic};
 pub use producer::{Producer, ProducerConfig};
 pub use protocol::MessageId;
+
+#[cfg(test)]
+mod tests {
+    fn shareable<T: Send + Sync>() {}
+
+    #[test]
+    fn the_handles_can_be_shared_between_tasks() {
+        shareable::<crate::Producer>();
+        shareable::<crate::Consumer>();
+        shareable::<crate::Message>();
+        shareable::<crate::Error>();
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use slog::{debug, info, warn, Logger};
+use slog::{debug, info, trace, warn, Logger};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
@@ -245,6 +245,8 @@ impl<'a> Session<'a> {
             }
             Frame::Error(error) => return Err(error.into()),
             Frame::Message(raw) => {
+                trace!(self.link.logger, "message received";
+                    "message_id" => %raw.id, "attempts" => raw.attempts);
                 self.in_flight += 1;
                 let message = Message::new(raw, self.commands.clone());
                 if self.closing {
@@ -272,6 +274,7 @@ impl<'a> Session<'a> {
     }
 
     fn queue(&mut self, command: Command) {
+        trace!(self.link.logger, "answer"; "command" => ?command);
         match command {
             Command::Fin(id) => {
                 protocol::encode_fin(&mut self.out, &id);

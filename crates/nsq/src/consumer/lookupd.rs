@@ -44,8 +44,12 @@ pub(crate) async fn poll(
             result = lookup => result,
         };
         if let Some(addresses) = result {
-            if found.send(addresses).await.is_err() {
-                return;
+            // Raced with cancellation: once shutting down, the supervisor no
+            // longer receives, and a send into the full channel would block
+            // its wait for this task forever.
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                sent = found.send(addresses) => if sent.is_err() { return },
             }
         }
         tokio::select! {

@@ -25,6 +25,7 @@ use std::time::Duration;
 use slog::{debug, error, info, o, warn, Logger};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{default_client_id, default_user_agent};
@@ -37,7 +38,7 @@ use crate::protocol::DEFAULT_MAX_FRAME_BYTES;
 pub enum Discovery {
     /// Ask these nsqlookupd HTTP addresses (`host:port`) every
     /// `poll_interval`; connect to nsqd nodes as they appear, close those
-    /// that disappear.
+    /// that stay gone for `ConsumerConfig::lookupd_grace`.
     Lookupd {
         http_addresses: Vec<String>,
         poll_interval: Duration,
@@ -70,6 +71,12 @@ pub struct ConsumerConfig {
     /// How long closing a connection waits for messages in flight on it to
     /// be answered before it closes anyway.
     pub close_timeout: Duration,
+    /// With nsqlookupd discovery, how long an nsqd must be missing from every
+    /// answer before its connection is closed. The grace covers an
+    /// nsqlookupd restart, after which nodes re-register only at their next
+    /// ping (up to 15 s later); closing healthy connections then would only
+    /// cause redeliveries.
+    pub lookupd_grace: Duration,
     /// Frames larger than this are refused as a protocol error (the
     /// connection is dropped). Keep it above nsqd's `--max-msg-size`.
     pub max_frame_bytes: usize,
@@ -92,6 +99,7 @@ impl ConsumerConfig {
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(5),
+            lookupd_grace: Duration::from_secs(60),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             client_id: default_client_id(),
             user_agent: default_user_agent(),
@@ -203,7 +211,9 @@ impl Consumer {
     /// Closes every connection (RDY 0, CLS, then up to `close_timeout` for
     /// messages in flight to be answered), stops discovery, and waits for all
     /// tasks. Answer (FIN/REQ) the messages you hold before calling it;
-    /// answers given afterwards fail with `ConnectionGone`.
+    /// answers given afterwards fail with `ConnectionGone`. Messages still
+    /// waiting in the receiver count as unanswered: drop the receiver first
+    /// (which requeues them) to close without waiting for `close_timeout`.
     pub async fn close(mut self) {
         self.cancel.cancel();
         if let Some(supervisor) = self.supervisor.take() {
@@ -237,6 +247,8 @@ struct Tracked {
     cancel: CancellationToken,
     share: watch::Sender<u32>,
     live: bool,
+    /// Since when discovery has stopped reporting its nsqd.
+    missing_since: Option<Instant>,
 }
 
 struct Supervisor {
@@ -324,19 +336,26 @@ async fn supervise(
 }
 
 impl Supervisor {
-    /// Starts tasks for new addresses and retires those no longer wanted.
+    /// Starts tasks for new addresses and retires those missing for longer
+    /// than `lookupd_grace`.
     fn reconcile(&mut self, wanted: BTreeSet<String>) {
+        let now = Instant::now();
         let current: BTreeSet<String> = self
             .connections
             .values()
             .map(|tracked| tracked.address.clone())
             .collect();
-        let gone: Vec<u64> = self
-            .connections
-            .iter()
-            .filter(|(_, tracked)| !wanted.contains(&tracked.address))
-            .map(|(id, _)| *id)
-            .collect();
+        let mut gone = Vec::new();
+        for (id, tracked) in &mut self.connections {
+            if wanted.contains(&tracked.address) {
+                tracked.missing_since = None;
+                continue;
+            }
+            let since = *tracked.missing_since.get_or_insert(now);
+            if now.duration_since(since) >= self.config.lookupd_grace {
+                gone.push(*id);
+            }
+        }
         let retired_live = gone
             .iter()
             .any(|id| self.connections.get(id).is_some_and(|tracked| tracked.live));
@@ -381,6 +400,7 @@ impl Supervisor {
                 cancel,
                 share,
                 live: false,
+                missing_since: None,
             },
         );
     }
