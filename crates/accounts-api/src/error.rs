@@ -10,6 +10,7 @@ use actix_web::{HttpResponse, ResponseError};
 use audit_event::EventError;
 use serde::Serialize;
 
+use crate::accounts::ChangeError;
 use crate::auth::AuthError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -51,6 +52,19 @@ pub enum ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         ApiError::Unavailable(error)
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(error: ChangeError) -> Self {
+        match error {
+            ChangeError::NotFound => ApiError::NotFound,
+            ChangeError::AlreadyExists => ApiError::AlreadyExists,
+            transition @ ChangeError::InvalidTransition { .. } => {
+                ApiError::InvalidTransition(transition.to_string())
+            }
+            ChangeError::Database(error) => ApiError::Unavailable(error),
+        }
     }
 }
 

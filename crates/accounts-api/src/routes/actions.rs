@@ -103,10 +103,17 @@ async fn handle(
 ) -> Result<HttpResponse, ApiError> {
     let (id, command) = match parse(request, payload, state.max_body_bytes).await {
         Ok(parsed) => parsed,
-        Err((action, error)) => {
-            let verb = action.map_or("unknown", ActionName::as_str);
-            return reject(state, attempt, verb, serde_json::json!({}), error, logger).await;
+        Err(refusal) => {
+            let verb = refusal.action.map_or("unknown", ActionName::as_str);
+            return reject(state, attempt, verb, refusal.details, refusal.error, logger).await;
         }
+    };
+    // From here on the event names the account by its canonical id, so that
+    // every record of one account carries the same text whatever letter case
+    // the client used.
+    let attempt = &Attempt {
+        resource_id: id.to_string(),
+        ..attempt.clone()
     };
     let verb = command.action().as_str();
 
@@ -125,11 +132,7 @@ async fn handle(
             // Nothing was changed, but the row lock is released before the
             // refusal is recorded on its own.
             tx.rollback().await?;
-            let error = match refusal {
-                ChangeError::NotFound => ApiError::NotFound,
-                ChangeError::AlreadyExists => ApiError::AlreadyExists,
-                other => ApiError::InvalidTransition(other.to_string()),
-            };
+            let error = ApiError::from(refusal);
             return reject(state, attempt, verb, command.details(), error, logger).await;
         }
     };
@@ -184,30 +187,64 @@ fn record_error(error: RecordError) -> ApiError {
     }
 }
 
-/// Turns the request into an account id and a valid command, or the
-/// refusal to record (with the action, when the body named a known one).
+/// A request refused before it reached the accounts.
+struct Refusal {
+    /// The action, when the body named a known one.
+    action: Option<ActionName>,
+    /// The validated params, when they were valid.
+    details: serde_json::Value,
+    error: ApiError,
+}
+
+impl Refusal {
+    fn before_command(error: ApiError) -> Refusal {
+        Refusal {
+            action: None,
+            details: serde_json::json!({}),
+            error,
+        }
+    }
+}
+
+/// Turns the request into an account id and a valid command, in the order
+/// of the checks: size, content type, body, id.
 async fn parse(
     request: &HttpRequest,
     payload: web::Payload,
     limit: usize,
-) -> Result<(Uuid, Command), (Option<ActionName>, ApiError)> {
+) -> Result<(Uuid, Command), Refusal> {
     let body = read_body(request, payload, limit)
         .await
-        .map_err(|e| (None, e))?;
+        .map_err(Refusal::before_command)?;
     if !is_json(request) {
-        return Err((None, ApiError::UnsupportedMediaType));
+        return Err(Refusal::before_command(ApiError::UnsupportedMediaType));
     }
-    let command = command::parse(&body).map_err(|e| {
-        let error = match e.kind {
+    let command = command::parse(&body).map_err(|e| Refusal {
+        action: e.action,
+        details: serde_json::json!({}),
+        error: match e.kind {
             BodyErrorKind::Malformed(detail) => ApiError::MalformedJson(detail),
             BodyErrorKind::InvalidAction(detail) => ApiError::InvalidAction(detail),
             BodyErrorKind::InvalidParams(detail) => ApiError::InvalidParams(detail),
-        };
-        (e.action, error)
+        },
     })?;
     let raw_id = request.match_info().get("id").unwrap_or_default();
-    let id = Uuid::try_parse(raw_id).map_err(|_| (Some(command.action()), ApiError::InvalidId))?;
+    let id = parse_account_id(raw_id).ok_or_else(|| Refusal {
+        action: Some(command.action()),
+        details: command.details(),
+        error: ApiError::InvalidId,
+    })?;
     Ok((id, command))
+}
+
+/// Only the hyphenated 36-character form: the braced, URN and unhyphenated
+/// spellings `Uuid::try_parse` also takes would give one account several
+/// names in the URL space.
+fn parse_account_id(raw: &str) -> Option<Uuid> {
+    if raw.len() != 36 {
+        return None;
+    }
+    Uuid::try_parse(raw).ok()
 }
 
 /// The body, up to `limit` bytes.
@@ -276,6 +313,22 @@ fn is_json(request: &HttpRequest) -> bool {
 mod tests {
     use super::*;
     use actix_web::test::TestRequest;
+
+    #[test]
+    fn account_ids_must_be_hyphenated_uuids() {
+        let id = "0192f1c2-7d3e-7a10-8b2c-1234567890ab";
+        assert!(parse_account_id(id).is_some());
+        assert_eq!(parse_account_id(&id.to_uppercase()), parse_account_id(id));
+        for bad in [
+            "0192f1c27d3e7a108b2c1234567890ab",
+            "{0192f1c2-7d3e-7a10-8b2c-1234567890ab}",
+            "urn:uuid:0192f1c2-7d3e-7a10-8b2c-1234567890ab",
+            "0192f1c2-7d3e-7a10-8b2c-1234567890a",
+            "",
+        ] {
+            assert!(parse_account_id(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn json_content_types_are_recognized_strictly() {

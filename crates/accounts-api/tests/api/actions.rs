@@ -165,3 +165,20 @@ async fn the_published_payload_is_exactly_the_event_json() {
         .unwrap();
     assert_eq!(event.event_id, event_id);
 }
+
+#[tokio::test]
+async fn an_uppercase_id_names_the_same_account_in_canonical_form() {
+    let app = spawn_app().await;
+    let id = app.open_account("Acme").await;
+    let upper = id.to_string().to_uppercase();
+    let response = app
+        .post(&upper)
+        .header("content-type", "application/json")
+        .body(json!({"action": "rename", "params": {"name": "B"}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let event = app.outbox_events().await.pop().unwrap();
+    assert_eq!(event.resource.id, id.to_string());
+}

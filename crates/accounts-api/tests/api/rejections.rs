@@ -163,6 +163,7 @@ async fn an_id_that_is_not_a_uuid_is_400_and_recorded_as_sent() {
     )
     .await;
     assert_eq!(event.resource.id, "not-a-uuid");
+    assert_eq!(event.details, json!({"name": "Acme"}));
 }
 
 #[tokio::test]

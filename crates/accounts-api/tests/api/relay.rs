@@ -67,9 +67,35 @@ async fn send_mixed_requests(app: &TestApp) -> usize {
     4
 }
 
+/// Reads `n` messages from `topic` through a fresh channel.
+async fn consume(nsqd: &testkit::Nsqd, channel: &str, n: usize) -> Vec<String> {
+    let config = nsq::ConsumerConfig::new(
+        topic(),
+        nsq::Channel::new(channel).unwrap(),
+        nsq::Discovery::Direct {
+            tcp_addresses: vec![nsqd.tcp_address()],
+        },
+    );
+    let (consumer, mut messages) = nsq::Consumer::start(config, telemetry::test_logger());
+    let mut bodies = Vec::new();
+    while bodies.len() < n {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.recv())
+            .await
+            .expect("a message in time")
+            .expect("the consumer is running");
+        message.fin().unwrap();
+        bodies.push(String::from_utf8(message.body.to_vec()).unwrap());
+    }
+    consumer.close().await;
+    bodies
+}
+
 #[tokio::test]
 async fn the_relay_publishes_committed_events_and_marks_them() {
     let nsqd = start_nsqd().await;
+    // The channel exists before anything is published, so it gets every message.
+    nsqd.create_topic(TOPIC).unwrap();
+    nsqd.create_channel(TOPIC, "check").unwrap();
     let address = nsqd.tcp_address();
     let app = spawn_app_with(|config| {
         config.relay.enabled = true;
@@ -92,6 +118,16 @@ async fn the_relay_publishes_committed_events_and_marks_them() {
         .await
         .unwrap();
     assert!(attempts.iter().all(|a| *a == 1), "{attempts:?}");
+
+    // What nsqd delivers is exactly what the outbox holds, in order.
+    let mut received = consume(&nsqd, "check", sent).await;
+    let mut stored = sqlx::query_scalar!("SELECT payload FROM outbox ORDER BY id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    received.sort();
+    stored.sort();
+    assert_eq!(received, stored);
     app.stop().await;
 }
 
