@@ -27,7 +27,18 @@ pg_as_owner() {
 pg_start() {
     local dir=$1 port=$2 bin
     bin=$(pg_bin_dir)
+    mkdir -p "$(dirname "$dir")"
+    if [ "$(id -u)" -eq 0 ] && [ ! -e "$dir" ] \
+        && ! runuser -u postgres -- test -x "$(dirname "$dir")" 2>/dev/null; then
+        # The postgres user cannot reach this folder (a checkout under /root, or
+        # a private temporary folder): keep the cluster where it can, and link it.
+        local elsewhere
+        elsewhere=$(mktemp -d /var/tmp/audit-trail-pg.XXXXXX)
+        chmod 755 "$elsewhere"
+        ln -s "$elsewhere" "$dir"
+    fi
     mkdir -p "$dir"
+    dir=$(readlink -f "$dir")
     if [ "$(id -u)" -eq 0 ]; then chown postgres: "$dir"; fi
     if [ ! -f "$dir/data/PG_VERSION" ]; then
         pg_as_owner "$bin/initdb" -D "$dir/data" -U postgres --auth=trust \
@@ -40,7 +51,8 @@ pg_start() {
 }
 
 pg_stop() {
-    local dir=$1 bin
+    local dir bin
+    dir=$(readlink -f "$1")
     bin=$(pg_bin_dir)
     if [ -f "$dir/data/postmaster.pid" ]; then
         pg_as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true

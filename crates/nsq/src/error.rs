@@ -10,8 +10,10 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Connecting, reading or writing failed, or nsqd closed the connection.
+    // The cause is part of the message and deliberately not also the
+    // `source()`, so error chains and log lines do not repeat it.
     #[error("I/O error talking to nsqd: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
 
     /// nsqd did not answer (or accept the connection) in time.
     #[error("timed out waiting for nsqd")]
@@ -52,3 +54,9 @@ impl Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the nsqd connection this message came from is closed; nsqd will redeliver it")]
 pub struct ConnectionGone;
+
+impl From<std::io::Error> for Error {
+    fn from(error: std::io::Error) -> Self {
+        Error::Io(error)
+    }
+}

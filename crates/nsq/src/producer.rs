@@ -179,7 +179,9 @@ impl Producer {
         )
         .await
         .inspect_err(|error| {
-            warn!(inner.logger, "cannot connect to nsqd"; "error" => %error);
+            // Debug, not warn: callers retry in a loop and report the outage
+            // once themselves; a line per attempt would flood the log.
+            debug!(inner.logger, "cannot connect to nsqd"; "error" => %error);
         })?;
         debug!(inner.logger, "connected to nsqd");
         Ok(connection)

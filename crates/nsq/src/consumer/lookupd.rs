@@ -13,6 +13,11 @@ use crate::names::Topic;
 /// Bound on one lookup request; a hung nsqlookupd must not stall discovery.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How soon to look again while no nsqd carries the topic yet. A consumer
+/// usually starts before the first event is published; it should find the
+/// topic within a second of its creation, not a whole `poll_interval` later.
+const EAGER_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Polls every nsqlookupd each `poll_interval` (the first time at once) and
 /// sends the union of the nsqd TCP addresses they report. When none of them
 /// answers, nothing is sent: an nsqlookupd outage must not close healthy
@@ -43,6 +48,7 @@ pub(crate) async fn poll(
             _ = cancel.cancelled() => return,
             result = lookup => result,
         };
+        let none_yet = result.as_ref().is_none_or(BTreeSet::is_empty);
         if let Some(addresses) = result {
             // Raced with cancellation: once shutting down, the supervisor no
             // longer receives, and a send into the full channel would block
@@ -54,7 +60,7 @@ pub(crate) async fn poll(
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(poll_interval) => {}
+            _ = tokio::time::sleep(if none_yet { poll_interval.min(EAGER_POLL_INTERVAL) } else { poll_interval }) => {}
         }
     }
 }
