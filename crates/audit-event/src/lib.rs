@@ -385,7 +385,13 @@ mod tests {
 
     #[test]
     fn bytes_that_are_not_json_are_rejected() {
-        for junk in [&b"not json"[..], b"", b"\xff\xfe", b"[1,2]", b"{\"schema_version\":1"] {
+        for junk in [
+            &b"not json"[..],
+            b"",
+            b"\xff\xfe",
+            b"[1,2]",
+            b"{\"schema_version\":1",
+        ] {
             let err = AuditEvent::parse(junk).unwrap_err();
             assert!(
                 matches!(err, ParseError::Json(_) | ParseError::MissingSchemaVersion),
