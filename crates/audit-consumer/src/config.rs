@@ -31,6 +31,8 @@ mod defaults {
     pub const NSQ_CHANNEL: &str = "audit-store";
     pub const NSQ_MAX_IN_FLIGHT: &str = "500";
     pub const NSQ_MAX_ATTEMPTS: &str = "10";
+    pub const NSQ_MSG_TIMEOUT_MS: &str = "60000";
+    pub const NSQD_TCP_ADDRESS: &str = "127.0.0.1:4150";
     pub const BATCH_SIZE: &str = "500";
     pub const BATCH_MAX_WAIT_MS: &str = "20";
 }
@@ -43,6 +45,11 @@ pub const LOOKUPD_POLL_INTERVAL: Duration = Duration::from_secs(15);
 /// nsqd refuses a `RDY` above its `--max-rdy-count`, whose default is 2500;
 /// asking for more would make every connection fail.
 const MAX_IN_FLIGHT_LIMIT: u16 = 2500;
+
+/// nsqd refuses an IDENTIFY whose `msg_timeout` is under 1 s or above its
+/// `--max-msg-timeout` (15 minutes by default); either would make every
+/// connection fail.
+const MSG_TIMEOUT_RANGE_MS: RangeInclusive<u64> = 1_000..=900_000;
 
 /// Everything the consumer needs to know from its environment, valid.
 #[derive(Clone)]
@@ -67,6 +74,14 @@ pub struct Config {
     /// `NSQ_MAX_ATTEMPTS`: deliveries after which a message that still
     /// cannot be stored goes to the dead-letter table.
     pub nsq_max_attempts: u16,
+    /// `NSQ_MSG_TIMEOUT_MS`: how long nsqd waits for our FIN, REQ or TOUCH
+    /// before it gives a message to another consumer. Asked for explicitly
+    /// (IDENTIFY) rather than left to nsqd's `--msg-timeout`, so the batch
+    /// writer knows how often to TOUCH the messages it holds.
+    pub nsq_msg_timeout: Duration,
+    /// `NSQD_TCP_ADDRESS`: the nsqd that `dead-letters replay` publishes to;
+    /// when unset, the first of `NSQD_TCP_ADDRESSES`, else 127.0.0.1:4150.
+    pub nsqd_tcp_address: String,
     /// `BATCH_SIZE`: messages stored per transaction at most.
     pub batch_size: usize,
     /// `BATCH_MAX_WAIT_MS`: how long a batch waits for more messages after
@@ -89,6 +104,8 @@ impl fmt::Debug for Config {
             .field("nsq_channel", &self.nsq_channel)
             .field("nsq_max_in_flight", &self.nsq_max_in_flight)
             .field("nsq_max_attempts", &self.nsq_max_attempts)
+            .field("nsq_msg_timeout", &self.nsq_msg_timeout)
+            .field("nsqd_tcp_address", &self.nsqd_tcp_address)
             .field("batch_size", &self.batch_size)
             .field("batch_max_wait", &self.batch_max_wait)
             .finish()
@@ -122,6 +139,8 @@ struct RawConfig {
     nsq_channel: Option<String>,
     nsq_max_in_flight: Option<String>,
     nsq_max_attempts: Option<String>,
+    nsq_msg_timeout_ms: Option<String>,
+    nsqd_tcp_address: Option<String>,
     batch_size: Option<String>,
     batch_max_wait_ms: Option<String>,
 }
@@ -199,10 +218,23 @@ impl Config {
             ));
         }
 
-        let nsq_discovery = match set(raw.nsqd_tcp_addresses) {
-            Some(list) => nsq::Discovery::Direct {
-                tcp_addresses: addresses("NSQD_TCP_ADDRESSES", &list)?,
-            },
+        let direct_addresses = match set(raw.nsqd_tcp_addresses) {
+            Some(list) => Some(addresses("NSQD_TCP_ADDRESSES", &list)?),
+            None => None,
+        };
+        let nsqd_tcp_address = match set(raw.nsqd_tcp_address) {
+            Some(value) => {
+                let value = value.trim();
+                address(value).map_err(|reason| invalid("NSQD_TCP_ADDRESS", reason))?;
+                value.to_owned()
+            }
+            None => direct_addresses
+                .as_ref()
+                .and_then(|list| list.first().cloned())
+                .unwrap_or_else(|| defaults::NSQD_TCP_ADDRESS.to_owned()),
+        };
+        let nsq_discovery = match direct_addresses {
+            Some(tcp_addresses) => nsq::Discovery::Direct { tcp_addresses },
             None => nsq::Discovery::Lookupd {
                 http_addresses: addresses(
                     "NSQLOOKUPD_HTTP_ADDRESSES",
@@ -257,6 +289,13 @@ impl Config {
                 defaults::NSQ_MAX_ATTEMPTS,
                 1..=u16::MAX,
             )?,
+            nsq_msg_timeout: Duration::from_millis(number(
+                "NSQ_MSG_TIMEOUT_MS",
+                raw.nsq_msg_timeout_ms,
+                defaults::NSQ_MSG_TIMEOUT_MS,
+                MSG_TIMEOUT_RANGE_MS,
+            )?),
+            nsqd_tcp_address,
             batch_size,
             batch_max_wait: Duration::from_millis(number(
                 "BATCH_MAX_WAIT_MS",
@@ -355,7 +394,9 @@ fn address(entry: &str) -> Result<(), String> {
     }
     let port = entry
         .rsplit_once(':')
-        .filter(|(host, _)| !host.is_empty() && !host.contains(char::is_whitespace))
+        .filter(|(host, _)| {
+            !host.is_empty() && !host.contains(|c: char| c.is_whitespace() || c == ',')
+        })
         .and_then(|(_, port)| port.parse::<u16>().ok())
         .filter(|port| *port != 0);
     match port {
@@ -403,6 +444,8 @@ mod tests {
         assert_eq!(config.nsq_channel.as_str(), "audit-store");
         assert_eq!(config.nsq_max_in_flight, 500);
         assert_eq!(config.nsq_max_attempts, 10);
+        assert_eq!(config.nsq_msg_timeout, Duration::from_secs(60));
+        assert_eq!(config.nsqd_tcp_address, "127.0.0.1:4150");
         assert_eq!(config.batch_size, 500);
         assert_eq!(config.batch_max_wait, Duration::from_millis(20));
     }
@@ -443,6 +486,10 @@ mod tests {
             ("NSQ_CHANNEL", "#ephemeral"),
             ("NSQ_MAX_IN_FLIGHT", "2501"),
             ("NSQ_MAX_ATTEMPTS", "0"),
+            ("NSQ_MSG_TIMEOUT_MS", "999"),
+            ("NSQ_MSG_TIMEOUT_MS", "900001"),
+            ("NSQD_TCP_ADDRESS", "nsqd"),
+            ("NSQD_TCP_ADDRESS", "127.0.0.1:4150,127.0.0.1:4152"),
             ("BATCH_SIZE", "0"),
             ("BATCH_SIZE", "ten"),
             ("BATCH_MAX_WAIT_MS", "-1"),
@@ -482,6 +529,19 @@ mod tests {
             config.nsq_discovery,
             nsq::Discovery::Lookupd { .. }
         ));
+    }
+
+    #[test]
+    fn replay_publishes_to_nsqd_tcp_address_else_the_first_direct_address() {
+        let config = parse(&[
+            URL,
+            ("NSQD_TCP_ADDRESSES", "nsqd-1:4150,nsqd-2:4150"),
+            ("NSQD_TCP_ADDRESS", " nsqd-3:4150 "),
+        ])
+        .unwrap();
+        assert_eq!(config.nsqd_tcp_address, "nsqd-3:4150");
+        let config = parse(&[URL, ("NSQD_TCP_ADDRESSES", "nsqd-1:4150,nsqd-2:4150")]).unwrap();
+        assert_eq!(config.nsqd_tcp_address, "nsqd-1:4150");
     }
 
     #[test]

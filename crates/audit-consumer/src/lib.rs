@@ -8,19 +8,25 @@
 //!
 //! Layout:
 //! - [`config`]: the environment variables, parsed once into [`Config`].
-//! - [`startup`]: [`Application`]: pool, migrations, HTTP port, NSQ consumer,
-//!   and the order of shutdown.
-//! - [`batch`]: the batch writer: collect, decode, store, FIN/REQ, pause while
-//!   the database is away, split a refused batch to find the bad message.
-//! - [`store`]: the SQL of `audit_logs` and `audit_dead_letters`, and the
+//! - [`startup`]: [`Application`]: pool, migrations and the start-up check of
+//!   the database, HTTP port, NSQ consumer, and the order of shutdown.
+//! - [`batch`]: the batch writer: collect, decode, store, FIN/REQ/TOUCH,
+//!   pause while the database is away, split a refused batch to find the bad
+//!   message.
+//! - [`store`]: the SQL the consumer runs on `audit_logs` and
+//!   `audit_dead_letters`, the check that the database is usable, and the
 //!   classification of database errors.
-//! - [`health`]: `/healthz` and `/readyz`.
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`metrics`]: the counters and histograms behind `/metrics`.
+//! - [`dead_letters`]: the `dead-letters list | replay` subcommands.
 
 pub mod batch;
 pub mod config;
+pub mod dead_letters;
 pub mod health;
+pub mod metrics;
 pub mod startup;
 pub mod store;
 
 pub use config::{Config, ConfigError};
-pub use startup::{migrator, Application};
+pub use startup::{migrator, Application, MisconfiguredDatabase};

@@ -2,9 +2,13 @@
 //! then hands over to the library.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use audit_consumer::{startup, Application, Config};
-use slog::{error, o};
+use audit_consumer::dead_letters::{self, Selection};
+use audit_consumer::store::DatabaseError;
+use audit_consumer::{startup, Application, Config, MisconfiguredDatabase};
+use slog::{error, info, o, Logger};
+use tokio_util::sync::CancellationToken;
 
 const USAGE: &str = "\
 Reads audit events from NSQ and stores each one exactly once in Postgres.
@@ -12,17 +16,37 @@ Reads audit events from NSQ and stores each one exactly once in Postgres.
 Usage: audit-consumer [COMMAND]
 
 Commands:
-  serve     Consume and store events until SIGINT/SIGTERM (the default)
-  migrate   Apply the audit database migrations, then exit
-  --help    Print this help
+  serve                                 Consume and store events until SIGINT/SIGTERM (the default)
+  migrate                               Apply the audit database migrations, then exit
+  dead-letters list [--limit N]         Show the newest N dead letters (default 50)
+  dead-letters replay <ID>... | --all   Publish dead letters to NSQ_TOPIC again, mark them replayed
+  --help                                Print this help
 
 Configuration is read from the environment; DATABASE_URL is required.
-The other variables and their defaults are listed in the README.";
+`dead-letters replay` publishes to NSQD_TCP_ADDRESS. The other variables
+and their defaults are listed in the README.";
 
+/// Exit status of a configuration problem: a bad variable, or a database
+/// that answers but cannot serve the consumer.
+const EXIT_CONFIGURATION: u8 = 2;
+
+/// A last resort: if stopping takes longer than this after SIGTERM, the
+/// process exits anyway. The writer gives up on its batch after
+/// `batch::SHUTDOWN_GRACE` and closing nsqd connections takes at most their
+/// close timeout, so this is only reached if something hangs; nsqd then
+/// redelivers whatever was not answered.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(20);
+
+const DEFAULT_LIST_LIMIT: i64 = 50;
+const MAX_LIST_LIMIT: i64 = 10_000;
+
+#[derive(Debug, PartialEq, Eq)]
 enum Command {
     Serve,
     Migrate,
     Help,
+    ListDeadLetters { limit: i64 },
+    ReplayDeadLetters(Selection),
 }
 
 fn parse_command(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
@@ -30,11 +54,65 @@ fn parse_command(mut args: impl Iterator<Item = String>) -> Result<Command, Stri
         None | Some("serve") => Command::Serve,
         Some("migrate") => Command::Migrate,
         Some("--help" | "-h" | "help") => Command::Help,
+        Some("dead-letters") => return parse_dead_letters(args),
         Some(other) => return Err(format!("unknown command {other:?}")),
     };
     match args.next() {
         Some(extra) => Err(format!("unexpected argument {extra:?}")),
         None => Ok(command),
+    }
+}
+
+fn parse_dead_letters(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
+    match args.next().as_deref() {
+        Some("list") => {
+            let mut limit = DEFAULT_LIST_LIMIT;
+            while let Some(arg) = args.next() {
+                let value = match arg.strip_prefix("--limit=") {
+                    Some(value) => value.to_owned(),
+                    None if arg == "--limit" => args
+                        .next()
+                        .ok_or_else(|| "--limit needs a number".to_owned())?,
+                    None => return Err(format!("unexpected argument {arg:?}")),
+                };
+                limit = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        format!(
+                            "--limit {value:?} is not a whole number from 1 to {MAX_LIST_LIMIT}"
+                        )
+                    })?;
+            }
+            Ok(Command::ListDeadLetters { limit })
+        }
+        Some("replay") => {
+            let mut all = false;
+            let mut ids = Vec::new();
+            for arg in args {
+                if arg == "--all" {
+                    all = true;
+                    continue;
+                }
+                let id = arg
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|id| *id > 0)
+                    .ok_or_else(|| format!("{arg:?} is not a dead letter id (see `list`)"))?;
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            match (all, ids.is_empty()) {
+                (true, true) => Ok(Command::ReplayDeadLetters(Selection::All)),
+                (false, false) => Ok(Command::ReplayDeadLetters(Selection::Ids(ids))),
+                (true, false) => Err("give either ids or --all, not both".to_owned()),
+                (false, true) => Err("replay needs ids or --all".to_owned()),
+            }
+        }
+        Some(other) => Err(format!("unknown dead-letters command {other:?}")),
+        None => Err("dead-letters needs a command: list or replay".to_owned()),
     }
 }
 
@@ -55,34 +133,215 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => {
             eprintln!("audit-consumer: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_CONFIGURATION);
         }
     };
     let (logger, _guard) = telemetry::init("audit-consumer", config.log_level, config.log_format);
 
-    let result = match command {
-        Command::Migrate => match startup::connection_pool(&config) {
-            Ok(pool) => {
-                let result = startup::migrate(&pool, &logger).await;
-                pool.close().await;
-                result
-            }
-            Err(e) => Err(e),
-        },
-        Command::Serve => {
-            let shutdown = telemetry::shutdown_signal(&logger);
-            match Application::build(config, logger.new(o!())).await {
-                Ok(app) => app.run_until_stopped(shutdown).await,
-                Err(e) => Err(e),
-            }
+    match command {
+        Command::Serve => serve(config, &logger).await,
+        Command::Migrate => migrate(&config, &logger).await,
+        Command::ListDeadLetters { limit } => list_dead_letters(&config, limit).await,
+        Command::ReplayDeadLetters(selection) => {
+            replay_dead_letters(&config, &selection, &logger).await
         }
-        Command::Help => Ok(()),
+        Command::Help => ExitCode::SUCCESS,
+    }
+}
+
+async fn serve(config: Config, logger: &Logger) -> ExitCode {
+    let shutdown = telemetry::shutdown_signal(logger);
+    // Start-up waits for an unreachable database; a SIGTERM meanwhile ends it.
+    let built = tokio::select! {
+        built = Application::build(config, logger.new(o!())) => built,
+        _ = shutdown.cancelled() => {
+            info!(logger, "stopped before start-up finished");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let app = match built {
+        Ok(app) => app,
+        Err(e) => {
+            error!(logger, "audit-consumer cannot start"; "error" => format!("{e:#}"));
+            return if e.downcast_ref::<MisconfiguredDatabase>().is_some() {
+                ExitCode::from(EXIT_CONFIGURATION)
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+    };
+    let result = tokio::select! {
+        result = app.run_until_stopped(shutdown.clone()) => result,
+        () = deadline_after(&shutdown, SHUTDOWN_LIMIT) => Err(anyhow::anyhow!(
+            "stopping took longer than {SHUTDOWN_LIMIT:?}; exiting anyway \
+             (nsqd redelivers what was not answered)"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(logger, "audit-consumer failed"; "error" => format!("{e:#}"));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes `limit` after `token` is cancelled.
+async fn deadline_after(token: &CancellationToken, limit: Duration) {
+    token.cancelled().await;
+    tokio::time::sleep(limit).await;
+}
+
+async fn migrate(config: &Config, logger: &Logger) -> ExitCode {
+    let result = match startup::connection_pool(config) {
+        Ok(pool) => {
+            let result = startup::migrate(&pool, logger).await;
+            pool.close().await;
+            result
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(logger, "audit-consumer failed"; "error" => format!("{e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn list_dead_letters(config: &Config, limit: i64) -> ExitCode {
+    let listed = match startup::connection_pool(config) {
+        Ok(pool) => dead_letters::list(&pool, limit)
+            .await
+            .map_err(|e| DatabaseError::from_sqlx(&e).message),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    match listed {
+        Ok(rows) => {
+            print!("{}", dead_letters::format_table(&rows));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("audit-consumer: could not list the dead letters: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn replay_dead_letters(config: &Config, selection: &Selection, logger: &Logger) -> ExitCode {
+    let pool = match startup::connection_pool(config) {
+        Ok(pool) => pool,
+        Err(e) => {
+            eprintln!("audit-consumer: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let producer = nsq::Producer::new(
+        config.nsqd_tcp_address.clone(),
+        nsq::ProducerConfig::default(),
+        logger.new(o!("component" => "replay")),
+    );
+    let report =
+        match dead_letters::replay(&pool, &producer, &config.nsq_topic, selection, logger).await {
+            Ok(report) => report,
+            Err(e) => {
+                eprintln!(
+                    "audit-consumer: could not replay the dead letters: {}",
+                    DatabaseError::from_sqlx(&e).message
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+    for id in &report.not_found {
+        println!("dead letter {id}: not found");
+    }
+    for (id, at) in &report.already_replayed {
+        println!(
+            "dead letter {id}: already replayed at {}",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
+    for id in &report.skipped {
+        println!("dead letter {id}: skipped, another replay is publishing it");
+    }
+    for (id, reason) in &report.failed {
+        println!("dead letter {id}: not replayed: {reason}");
+    }
+    println!(
+        "replayed {} dead letter(s) to topic {} on nsqd {}",
+        report.replayed.len(),
+        config.nsq_topic,
+        config.nsqd_tcp_address
+    );
+    pool.close().await;
+    if report.is_complete() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, String> {
+        parse_command(args.iter().map(|a| (*a).to_owned()))
+    }
+
+    #[test]
+    fn serve_is_the_default_command() {
+        assert_eq!(parse(&[]), Ok(Command::Serve));
+        assert_eq!(parse(&["serve"]), Ok(Command::Serve));
+        assert_eq!(parse(&["migrate"]), Ok(Command::Migrate));
+        assert!(parse(&["migrate", "now"]).is_err());
+    }
+
+    #[test]
+    fn dead_letters_list_takes_an_optional_limit() {
+        assert_eq!(
+            parse(&["dead-letters", "list"]),
+            Ok(Command::ListDeadLetters { limit: 50 })
+        );
+        assert_eq!(
+            parse(&["dead-letters", "list", "--limit", "5"]),
+            Ok(Command::ListDeadLetters { limit: 5 })
+        );
+        assert_eq!(
+            parse(&["dead-letters", "list", "--limit=7"]),
+            Ok(Command::ListDeadLetters { limit: 7 })
+        );
+        for bad in [
+            &["dead-letters", "list", "--limit"][..],
+            &["dead-letters", "list", "--limit", "0"],
+            &["dead-letters", "list", "--limit", "many"],
+            &["dead-letters", "list", "--all"],
+            &["dead-letters"],
+            &["dead-letters", "purge"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dead_letters_replay_takes_ids_or_all() {
+        assert_eq!(
+            parse(&["dead-letters", "replay", "3", "1", "3"]),
+            Ok(Command::ReplayDeadLetters(Selection::Ids(vec![3, 1])))
+        );
+        assert_eq!(
+            parse(&["dead-letters", "replay", "--all"]),
+            Ok(Command::ReplayDeadLetters(Selection::All))
+        );
+        for bad in [
+            &["dead-letters", "replay"][..],
+            &["dead-letters", "replay", "--all", "1"],
+            &["dead-letters", "replay", "0"],
+            &["dead-letters", "replay", "-1"],
+            &["dead-letters", "replay", "one"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
         }
     }
 }

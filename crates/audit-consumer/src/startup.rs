@@ -14,13 +14,28 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{self, Settings};
+use crate::batch::{Settings, Writer};
 use crate::config::Config;
 use crate::health;
+use crate::metrics::Metrics;
+use crate::store::{self, DatabaseError, Failure};
 
 /// How long a statement waits for a pooled connection. Short, so a database
 /// outage is noticed (and the consumer paused) in seconds, not half a minute.
 const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The start-up check of the database, and the longest wait between two
+/// attempts while it is unreachable.
+const STARTUP_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+const STARTUP_RETRY_MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// The database answers but cannot serve the consumer as configured: wrong
+/// credentials, no such database, the tables missing, no privilege on them.
+/// Retrying cannot fix it, so the process stops; the text is one line that
+/// says what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MisconfiguredDatabase(pub String);
 
 /// The migrations of `audit_logs` and `audit_dead_letters`.
 ///
@@ -56,6 +71,65 @@ pub async fn migrate(pool: &PgPool, logger: &Logger) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes sure the database can take events before the consumer subscribes:
+/// applies the migrations (when asked to), then runs [`store::check`].
+///
+/// While the database is unreachable it retries, forever, with a growing
+/// wait: a consumer started alongside its database waits for it rather than
+/// crash-looping. A database that answers but is not usable is an error
+/// ([`MisconfiguredDatabase`]) at once.
+pub async fn prepare_database(
+    pool: &PgPool,
+    run_migrations: bool,
+    logger: &Logger,
+) -> anyhow::Result<()> {
+    let mut wait = Duration::from_millis(250);
+    loop {
+        let attempt = async {
+            if run_migrations {
+                migrator()
+                    .run(pool)
+                    .await
+                    .map_err(|e| migration_error(&e))?;
+                info!(logger, "audit migrations applied");
+            }
+            store::check(pool, STARTUP_CHECK_TIMEOUT).await
+        };
+        let error = match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if error.kind != Failure::Unavailable {
+            return Err(MisconfiguredDatabase(error.message).into());
+        }
+        warn!(logger, "the database is not reachable yet; retrying";
+            "error" => &error.message, "retry_in_ms" => wait.as_millis());
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(STARTUP_RETRY_MAX_WAIT);
+    }
+}
+
+/// Classifies a failed migration run like a failed statement. Errors that
+/// are not about the connection (a migration that was changed after it was
+/// applied, say) need an operator.
+fn migration_error(error: &sqlx::migrate::MigrateError) -> DatabaseError {
+    use sqlx::migrate::MigrateError;
+    match error {
+        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => {
+            let mut error = DatabaseError::from_sqlx(e);
+            if error.kind != Failure::Unavailable {
+                error.kind = Failure::Configuration;
+            }
+            error.message = format!("could not apply the audit migrations: {}", error.message);
+            error
+        }
+        other => DatabaseError {
+            kind: Failure::Configuration,
+            message: format!("could not apply the audit migrations: {other}"),
+        },
+    }
+}
+
 /// The running consumer: its HTTP port is bound and its NSQ connections are
 /// being opened; [`Application::run_until_stopped`] starts storing.
 pub struct Application {
@@ -64,16 +138,17 @@ pub struct Application {
     pool: PgPool,
     consumer: Arc<nsq::Consumer>,
     messages: mpsc::Receiver<nsq::Message>,
+    metrics: Arc<Metrics>,
     settings: Settings,
     logger: Logger,
 }
 
 impl Application {
+    /// Prepares the database (see [`prepare_database`]: this waits while
+    /// it is unreachable), binds the HTTP port and starts subscribing.
     pub async fn build(config: Config, logger: Logger) -> anyhow::Result<Application> {
         let pool = connection_pool(&config)?;
-        if config.run_migrations {
-            migrate(&pool, &logger).await?;
-        }
+        prepare_database(&pool, config.run_migrations, &logger).await?;
 
         let listener = TcpListener::bind(config.consumer_bind)
             .with_context(|| format!("could not bind CONSUMER_BIND {}", config.consumer_bind))?;
@@ -85,17 +160,21 @@ impl Application {
             config.nsq_discovery.clone(),
         );
         nsq_config.max_in_flight = config.nsq_max_in_flight.into();
+        nsq_config.msg_timeout = Some(config.nsq_msg_timeout);
         let nsq_logger = logger.new(o!("component" => "nsq"));
         let (consumer, messages) = nsq::Consumer::start(nsq_config, nsq_logger);
         let consumer = Arc::new(consumer);
 
+        let metrics = Arc::new(Metrics::new());
         let state = web::Data::new(health::State {
             pool: pool.clone(),
             consumer: Arc::clone(&consumer),
+            metrics: Arc::clone(&metrics),
         });
         let server =
             HttpServer::new(move || App::new().app_data(state.clone()).configure(health::routes))
-                // Two endpoints, polled by an orchestrator: one worker is plenty.
+                // Three endpoints, polled by an orchestrator and Prometheus: one
+                // worker is plenty.
                 .workers(1)
                 // Signals are ours to handle, through the shutdown token.
                 .disable_signals()
@@ -112,6 +191,7 @@ impl Application {
             pool,
             consumer,
             messages,
+            metrics,
             settings: Settings::from_config(&config),
             logger,
         })
@@ -132,6 +212,7 @@ impl Application {
             pool,
             consumer,
             mut messages,
+            metrics,
             settings,
             logger,
         } = self;
@@ -143,14 +224,14 @@ impl Application {
         let stop = shutdown.child_token();
         let writer_logger = logger.new(o!("component" => "batch"));
         let server_ended_first = {
-            let writer = batch::run(
-                &pool,
-                &consumer,
-                &mut messages,
+            let batch_writer = Writer {
+                pool: &pool,
+                consumer: &consumer,
+                metrics: &metrics,
                 settings,
-                &stop,
-                &writer_logger,
-            );
+                logger: &writer_logger,
+            };
+            let writer = batch_writer.run(&mut messages, &stop);
             tokio::pin!(writer);
             tokio::select! {
                 () = &mut writer => None,

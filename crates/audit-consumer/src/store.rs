@@ -142,22 +142,94 @@ pub async fn insert_dead_letters(
     Ok(())
 }
 
-/// Whether the database answers, within `timeout`.
-pub async fn ping(pool: &PgPool, timeout: Duration) -> Result<(), PingError> {
-    let answer = tokio::time::timeout(timeout, sqlx::query_scalar!("SELECT 1").fetch_one(pool));
-    match answer.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(PingError::Database(e)),
-        Err(_) => Err(PingError::Timeout(timeout)),
+/// Whether the database is there for the consumer, within `timeout`: it
+/// answers, both tables exist, and our user may write them. The start-up
+/// check, the probe while paused, and `/readyz` all ask this, so "the
+/// database answers" always means "a batch could be stored".
+pub async fn check(pool: &PgPool, timeout: Duration) -> Result<(), DatabaseError> {
+    // `has_table_privilege` fails with 42P01 for a table that does not
+    // exist, and says false for one we may not write.
+    let query = sqlx::query!(
+        r#"
+        SELECT has_table_privilege('audit_logs', 'INSERT') AS logs_insert,
+               has_table_privilege('audit_dead_letters', 'INSERT') AS letters_insert,
+               has_table_privilege('audit_dead_letters', 'UPDATE') AS letters_update
+        "#
+    )
+    .fetch_one(pool);
+    let row = match tokio::time::timeout(timeout, query).await {
+        Ok(Ok(row)) => row,
+        Ok(Err(e)) => return Err(DatabaseError::from_sqlx(&e)),
+        Err(_) => {
+            return Err(DatabaseError {
+                kind: Failure::Unavailable,
+                message: format!("the database did not answer within {timeout:?}"),
+            })
+        }
+    };
+    let missing: Vec<&str> = [
+        (row.logs_insert, "INSERT on audit_logs"),
+        (row.letters_insert, "INSERT on audit_dead_letters"),
+        (row.letters_update, "UPDATE on audit_dead_letters"),
+    ]
+    .into_iter()
+    .filter(|(granted, _)| *granted != Some(true))
+    .map(|(_, privilege)| privilege)
+    .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(DatabaseError {
+            kind: Failure::Configuration,
+            message: format!(
+                "the DATABASE_URL user lacks {}; grant it, or connect as the owner of the tables",
+                missing.join(", ")
+            ),
+        })
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum PingError {
-    #[error(transparent)]
-    Database(sqlx::Error),
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
+/// A failed statement, classified, with a one-line text for the log (and,
+/// for a configuration error, a hint at what to fix).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DatabaseError {
+    pub kind: Failure,
+    pub message: String,
+}
+
+impl DatabaseError {
+    pub fn from_sqlx(error: &sqlx::Error) -> DatabaseError {
+        let kind = Failure::of(error);
+        let text = one_line(&error.to_string());
+        let code = match error {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        };
+        let hint = match code.as_deref() {
+            _ if kind != Failure::Configuration => None,
+            Some(c) if c.starts_with("28") => Some("check the user and password in DATABASE_URL"),
+            Some("3D000") => Some("check the database name in DATABASE_URL"),
+            Some("42P01") => Some(
+                "apply the audit migrations (`audit-consumer migrate`, or RUN_MIGRATIONS=true)",
+            ),
+            Some("42501") => Some(
+                "the DATABASE_URL user needs SELECT, INSERT and UPDATE on audit_logs and \
+                 audit_dead_letters",
+            ),
+            _ => None,
+        };
+        let message = match (code, hint) {
+            (Some(code), Some(hint)) => format!("{text} (SQLSTATE {code}); {hint}"),
+            (Some(code), None) => format!("{text} (SQLSTATE {code})"),
+            (None, _) => text,
+        };
+        DatabaseError { kind, message }
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// What a failed statement tells us about what to do next.
@@ -169,7 +241,13 @@ pub enum Failure {
     /// The database refused a value (data exception, constraint violation):
     /// retrying the same row fails the same way. Find the row, dead-letter it.
     Refused,
-    /// Anything else (a missing table, a permission, a bug). It may or may not
+    /// The database is there but not usable by us: wrong credentials, no
+    /// such database, a missing table or column, a missing privilege.
+    /// Nothing is wrong with the messages, so none is dead-lettered: at
+    /// start-up the consumer stops with one line saying what to fix; later
+    /// it pauses, as for an outage, until an operator fixes it.
+    Configuration,
+    /// Anything else (a trigger raising an error, a bug). It may or may not
     /// be about one row, so find the row, and retry it until
     /// `NSQ_MAX_ATTEMPTS` before dead-lettering it.
     Other,
@@ -187,6 +265,7 @@ impl Failure {
                 None => Failure::Other,
             },
             sqlx::Error::Encode(_) => Failure::Refused,
+            sqlx::Error::Configuration(_) => Failure::Configuration,
             _ => Failure::Other,
         }
     }
@@ -199,15 +278,31 @@ impl Failure {
             // is shutting down, crashed or starting. 40001/40P01:
             // serialization failure and deadlock, retry by definition.
             // 25006: a read-only transaction, i.e. we reached a standby
-            // during a failover.
+            // during a failover. 55P03: lock not available.
             c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P0") => {
                 Failure::Unavailable
             }
-            "40001" | "40P01" | "25006" => Failure::Unavailable,
+            "40001" | "40P01" | "25006" | "55P03" => Failure::Unavailable,
             // 22: data exception (value out of range, bad encoding).
             // 23: integrity constraint violation (check, not null).
             c if c.starts_with("22") || c.starts_with("23") => Failure::Refused,
+            // 28: invalid authorization. 3D000: no such database. 3F000: no
+            // such schema. 42: our statements are fixed and checked at
+            // compile time, so "undefined table/column" or "permission
+            // denied" means the database is not the one they were built for.
+            c if c.starts_with("28") || c.starts_with("42") => Failure::Configuration,
+            "3D000" | "3F000" => Failure::Configuration,
             _ => Failure::Other,
+        }
+    }
+
+    /// The label of the class in `/metrics` and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Unavailable => "unavailable",
+            Failure::Refused => "refused",
+            Failure::Configuration => "configuration",
+            Failure::Other => "other",
         }
     }
 }
@@ -226,7 +321,10 @@ mod tests {
         for code in ["22008", "22021", "23514", "23502"] {
             assert_eq!(Failure::of_sqlstate(code), Failure::Refused, "{code}");
         }
-        for code in ["42P01", "42501", "P0001", "XX000"] {
+        for code in ["28P01", "28000", "3D000", "42P01", "42501", "42703"] {
+            assert_eq!(Failure::of_sqlstate(code), Failure::Configuration, "{code}");
+        }
+        for code in ["P0001", "XX000"] {
             assert_eq!(Failure::of_sqlstate(code), Failure::Other, "{code}");
         }
     }
