@@ -3,6 +3,9 @@
 //! test process as they run in production (same `Application`, same config
 //! parsing), driven over HTTP and checked in `audit_logs`.
 
+// A failed setup step should fail the test loudly.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
