@@ -445,10 +445,16 @@ impl Writer<'_> {
                     report.requeued += 1;
                     message.req(delay)
                 }
-                // Left undecided only when the database went away mid-batch.
+                // Left undecided only when the database went away mid-batch
+                // (or the shutdown gave up on it: then another consumer may
+                // take it at once).
                 Answer::Undecided => {
                     report.requeued += 1;
-                    let delay = requeue_delay(message.attempts);
+                    let delay = if stop.is_requested() {
+                        Duration::ZERO
+                    } else {
+                        requeue_delay(message.attempts)
+                    };
                     message.req(delay)
                 }
             };

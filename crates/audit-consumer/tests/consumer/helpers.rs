@@ -1,6 +1,7 @@
 //! `spawn_app`: a consumer on a random port with its own Postgres cluster and
 //! nsqd, plus the means to publish to it and to look at what it stored.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ pub struct TestApp {
     pub address: String,
     /// A pool of the test's own, to look at the tables.
     pub pool: PgPool,
+    /// The `audit` database of the consumer.
+    pub database_url: String,
     pub postgres: testkit::Postgres,
     pub nsqd: testkit::Nsqd,
     /// Kept alive for tests that discover nsqd through it.
@@ -54,22 +57,7 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
     let via_lookupd = options.via_lookupd;
-    let (postgres, nsqd, lookupd) = tokio::task::spawn_blocking(move || {
-        let postgres = testkit::Postgres::start().expect("start Postgres");
-        let lookupd = via_lookupd.then(|| testkit::Nsqlookupd::start().expect("start nsqlookupd"));
-        let nsqd = testkit::Nsqd::start(testkit::NsqdOptions {
-            lookupd_tcp_addresses: lookupd.iter().map(|l| l.tcp_address()).collect(),
-            ..Default::default()
-        })
-        .expect("start nsqd");
-        // The channel exists before anything is published, so every message
-        // reaches it whenever the consumer subscribes.
-        nsqd.create_topic(TOPIC).expect("create topic");
-        nsqd.create_channel(TOPIC, CHANNEL).expect("create channel");
-        (postgres, nsqd, lookupd)
-    })
-    .await
-    .unwrap();
+    let (postgres, nsqd, lookupd) = start_processes(via_lookupd).await;
     let database_url = postgres.create_database("audit").unwrap();
 
     let mut vars = vec![
@@ -111,6 +99,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     TestApp {
         address,
         pool,
+        database_url,
         postgres,
         nsqd,
         lookupd,
@@ -122,7 +111,34 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     }
 }
 
-async fn wait_until_lookupd_knows_the_topic(http: &reqwest::Client, lookupd: &str) {
+/// A Postgres cluster, an nsqd with the topic and channel created, and
+/// (when asked) an nsqlookupd that nsqd registers with.
+pub async fn start_processes(
+    via_lookupd: bool,
+) -> (
+    testkit::Postgres,
+    testkit::Nsqd,
+    Option<testkit::Nsqlookupd>,
+) {
+    tokio::task::spawn_blocking(move || {
+        let postgres = testkit::Postgres::start().expect("start Postgres");
+        let lookupd = via_lookupd.then(|| testkit::Nsqlookupd::start().expect("start nsqlookupd"));
+        let nsqd = testkit::Nsqd::start(testkit::NsqdOptions {
+            lookupd_tcp_addresses: lookupd.iter().map(|l| l.tcp_address()).collect(),
+            ..Default::default()
+        })
+        .expect("start nsqd");
+        // The channel exists before anything is published, so every message
+        // reaches it whenever the consumer subscribes.
+        nsqd.create_topic(TOPIC).expect("create topic");
+        nsqd.create_channel(TOPIC, CHANNEL).expect("create channel");
+        (postgres, nsqd, lookupd)
+    })
+    .await
+    .unwrap()
+}
+
+pub async fn wait_until_lookupd_knows_the_topic(http: &reqwest::Client, lookupd: &str) {
     let url = format!("http://{lookupd}/lookup?topic={TOPIC}");
     eventually(
         "nsqlookupd to know the topic",
@@ -149,6 +165,108 @@ pub struct ChannelStats {
     pub in_flight: u64,
     /// Messages requeued with a delay that has not passed yet.
     pub deferred: u64,
+    /// Messages nsqd gave up waiting for (no FIN, REQ or TOUCH in time).
+    pub timed_out: u64,
+    /// Messages requeued by a consumer (REQ).
+    pub requeued: u64,
+    /// Consumers subscribed.
+    pub clients: usize,
+}
+
+/// nsqd's statistics of our channel.
+pub fn channel_stats(nsqd: &testkit::Nsqd) -> ChannelStats {
+    let stats = nsqd.stats().unwrap();
+    let channel = stats["topics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["topic_name"] == TOPIC)
+        .flat_map(|t| t["channels"].as_array().into_iter().flatten())
+        .find(|c| c["channel_name"] == CHANNEL)
+        .unwrap_or_else(|| panic!("no channel {CHANNEL} in nsqd stats: {stats}"));
+    let count = |field: &str| {
+        channel[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{field} in {channel}"))
+    };
+    ChannelStats {
+        depth: count("depth"),
+        in_flight: count("in_flight_count"),
+        deferred: count("deferred_count"),
+        timed_out: count("timeout_count"),
+        requeued: count("requeue_count"),
+        clients: channel["clients"].as_array().map_or(0, Vec::len),
+    }
+}
+
+/// Event ids in `audit_logs`, in no particular order.
+pub async fn stored_event_ids(pool: &PgPool) -> Vec<Uuid> {
+    sqlx::query_scalar!("SELECT event_id FROM audit_logs")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Asserts that `audit_logs` holds exactly the events `published` (which
+/// may name an event more than once): each once, none missing, none extra.
+pub async fn assert_stored_exactly_once(pool: &PgPool, published: &[Uuid]) {
+    let expected: HashSet<Uuid> = published.iter().copied().collect();
+    let stored = stored_event_ids(pool).await;
+    let stored_set: HashSet<Uuid> = stored.iter().copied().collect();
+    assert_eq!(stored.len(), stored_set.len(), "an event_id stored twice");
+    let missing = expected.difference(&stored_set).count();
+    let extra = stored_set.difference(&expected).count();
+    assert_eq!(
+        (missing, extra),
+        (0, 0),
+        "{} published, {} stored: {missing} missing, {extra} never published",
+        expected.len(),
+        stored.len()
+    );
+}
+
+/// Waits until `audit_logs` holds `n` rows, for up to `timeout`.
+pub async fn wait_for_rows(pool: &PgPool, n: usize, timeout: Duration) {
+    let n = i64::try_from(n).unwrap();
+    let count = || async {
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM audit_logs"#)
+            .fetch_one(pool)
+            .await
+            .unwrap_or(-1)
+    };
+    eventually(&format!("{n} rows in audit_logs"), timeout, || async {
+        count().await >= n
+    })
+    .await;
+    assert_eq!(count().await, n, "more rows than expected");
+}
+
+/// The series of a `/metrics` exposition, by name with labels.
+#[derive(Debug, Clone)]
+pub struct Metrics(pub HashMap<String, f64>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let series = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .map(|line| {
+                let (name, value) = line
+                    .rsplit_once(' ')
+                    .unwrap_or_else(|| panic!("not a sample line: {line:?}"));
+                (name.to_owned(), value.parse::<f64>().unwrap())
+            })
+            .collect();
+        Metrics(series)
+    }
+
+    /// The value of a series; panics if it is not exposed.
+    pub fn get(&self, series: &str) -> f64 {
+        *self
+            .0
+            .get(series)
+            .unwrap_or_else(|| panic!("no {series} in /metrics: {:?}", self.0.keys()))
+    }
 }
 
 impl TestApp {
@@ -185,13 +303,12 @@ impl TestApp {
 
     /// Waits until `audit_logs` holds `n` rows.
     pub async fn wait_for_audit_logs(&self, n: i64) {
-        eventually(
-            &format!("{n} rows in audit_logs"),
+        wait_for_rows(
+            &self.pool,
+            usize::try_from(n).unwrap(),
             Duration::from_secs(15),
-            || async { self.audit_log_count().await >= n },
         )
         .await;
-        assert_eq!(self.audit_log_count().await, n, "more rows than expected");
     }
 
     /// Waits until `audit_dead_letters` holds `n` rows.
@@ -210,25 +327,12 @@ impl TestApp {
     }
 
     pub fn channel_stats(&self) -> ChannelStats {
-        let stats = self.nsqd.stats().unwrap();
-        let channel = stats["topics"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|t| t["topic_name"] == TOPIC)
-            .flat_map(|t| t["channels"].as_array().into_iter().flatten())
-            .find(|c| c["channel_name"] == CHANNEL)
-            .unwrap_or_else(|| panic!("no channel {CHANNEL} in nsqd stats: {stats}"));
-        let count = |field: &str| {
-            channel[field]
-                .as_u64()
-                .unwrap_or_else(|| panic!("{field} in {channel}"))
-        };
-        ChannelStats {
-            depth: count("depth"),
-            in_flight: count("in_flight_count"),
-            deferred: count("deferred_count"),
-        }
+        channel_stats(&self.nsqd)
+    }
+
+    /// The consumer's `/metrics`, parsed.
+    pub async fn metrics(&self) -> Metrics {
+        Metrics::parse(&self.get("/metrics").await.text().await.unwrap())
     }
 
     /// Waits until nsqd holds nothing for the channel: every message was

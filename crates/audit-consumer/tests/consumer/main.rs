@@ -6,8 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod binary;
+mod dead_letters;
 mod helpers;
 mod lifecycle;
+mod metrics;
 mod outage;
 mod poison;
+mod process;
+mod scale;
 mod storing;
+mod touch;
