@@ -24,6 +24,9 @@ use crate::store::{self, DatabaseError, Failure};
 /// outage is noticed (and the consumer paused) in seconds, not half a minute.
 const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long stopping waits for the pool's connections to close.
+const POOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The start-up check of the database, and the longest wait between two
 /// attempts while it is unreachable.
 const STARTUP_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -262,7 +265,17 @@ impl Application {
                 "NSQ consumer still shared at shutdown; not awaiting its close"
             ),
         }
-        pool.close().await;
+        // `close` waits for every connection to come back. One whose
+        // statement was abandoned on a hung database (the writer gave up on
+        // its batch) comes back only when that statement ends; its
+        // transaction never committed, so it can be left behind.
+        if tokio::time::timeout(POOL_CLOSE_TIMEOUT, pool.close())
+            .await
+            .is_err()
+        {
+            warn!(logger, "database connections still busy at shutdown; leaving them";
+                "waited_ms" => POOL_CLOSE_TIMEOUT.as_millis());
+        }
         info!(logger, "audit consumer stopped");
 
         if let Some(server_result) = server_ended_first {
