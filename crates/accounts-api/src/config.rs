@@ -25,8 +25,16 @@ pub mod defaults {
     pub const RELAY_ENABLED: bool = true;
     pub const RELAY_BATCH_SIZE: u32 = 500;
     pub const RELAY_POLL_INTERVAL_MS: u64 = 500;
+    pub const RELAY_REPUBLISH_AFTER_SECS: u64 = 60;
+    pub const NSQ_RECEIPTS_TOPIC: &str = "audit.receipts";
+    pub const RELAY_RECEIPTS_CHANNEL: &str = "outbox-relay";
+    pub const OUTBOX_RETENTION_HOURS: u64 = 24;
     pub const DATABASE_MAX_CONNECTIONS: u32 = 10;
 }
+
+/// How often the receipt subscription asks nsqlookupd which nsqd nodes carry
+/// the receipts topic (the consumer uses the same interval).
+const LOOKUPD_POLL_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Shortest accepted `AUTH_JWT_SECRET`: HS256 keys shorter than the hash
 /// output (32 bytes) weaken the MAC (RFC 7518 §3.2).
@@ -37,6 +45,9 @@ const MAX_BODY_BYTES_LIMIT: usize = 16 * 1024 * 1024;
 const MAX_BATCH_SIZE: u32 = 10_000;
 const MAX_POLL_INTERVAL_MS: u64 = 3_600_000;
 const MAX_DATABASE_CONNECTIONS: u32 = 1_000;
+const MAX_REPUBLISH_AFTER_SECS: u64 = 86_400;
+/// Ten years: "keep them all" without a special value.
+const MAX_RETENTION_HOURS: u64 = 87_600;
 
 /// The whole configuration of the service.
 #[derive(Clone)]
@@ -86,6 +97,28 @@ pub struct RelayConfig {
     /// `RELAY_POLL_INTERVAL_MS`: how often the relay looks for rows written
     /// by other processes (rows written here wake it at once).
     pub poll_interval: Duration,
+    /// `RELAY_REPUBLISH_AFTER_SECS`: how long a published row may wait for
+    /// its delivery receipt before it is published again (the wait doubles
+    /// with each publication). `None` (the variable set to 0) takes nsqd's
+    /// `OK` as the confirmation: for consumers that send no receipts.
+    pub republish_after: Option<Duration>,
+    /// Where delivery receipts come from.
+    pub receipts: ReceiptsConfig,
+    /// `OUTBOX_RETENTION_HOURS`: confirmed rows are deleted this long after
+    /// their confirmation.
+    pub retention: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReceiptsConfig {
+    /// `NSQ_RECEIPTS_TOPIC`: the topic consumers publish receipts to.
+    pub topic: nsq::Topic,
+    /// `RELAY_RECEIPTS_CHANNEL`: shared by every relay, so each receipt is
+    /// handled once.
+    pub channel: nsq::Channel,
+    /// `NSQLOOKUPD_HTTP_ADDRESSES` when set; otherwise `NSQD_TCP_ADDRESS`
+    /// directly.
+    pub discovery: nsq::Discovery,
 }
 
 /// The HS256 key. Its `Debug` never shows the bytes.
@@ -146,6 +179,11 @@ struct Raw {
     relay_enabled: Option<String>,
     relay_batch_size: Option<String>,
     relay_poll_interval_ms: Option<String>,
+    relay_republish_after_secs: Option<String>,
+    nsq_receipts_topic: Option<String>,
+    relay_receipts_channel: Option<String>,
+    nsqlookupd_http_addresses: Option<String>,
+    outbox_retention_hours: Option<String>,
 }
 
 impl Config {
@@ -241,6 +279,11 @@ impl Raw {
             &mut raw.relay_enabled,
             &mut raw.relay_batch_size,
             &mut raw.relay_poll_interval_ms,
+            &mut raw.relay_republish_after_secs,
+            &mut raw.nsq_receipts_topic,
+            &mut raw.relay_receipts_channel,
+            &mut raw.nsqlookupd_http_addresses,
+            &mut raw.outbox_retention_hours,
         ] {
             if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 *field = None;
@@ -330,18 +373,40 @@ impl Raw {
     }
 
     fn relay(&self) -> Result<RelayConfig, ConfigError> {
+        let nsqd_tcp_address = parse_with(
+            "NSQD_TCP_ADDRESS",
+            self.nsqd_tcp_address.as_deref(),
+            defaults::NSQD_TCP_ADDRESS,
+            parse_host_port,
+        )?;
+        let republish_after_secs = parse_number(
+            "RELAY_REPUBLISH_AFTER_SECS",
+            self.relay_republish_after_secs.as_deref(),
+            defaults::RELAY_REPUBLISH_AFTER_SECS,
+            0..=MAX_REPUBLISH_AFTER_SECS,
+        )?;
+        let retention_hours = parse_number(
+            "OUTBOX_RETENTION_HOURS",
+            self.outbox_retention_hours.as_deref(),
+            defaults::OUTBOX_RETENTION_HOURS,
+            0..=MAX_RETENTION_HOURS,
+        )?;
+        let discovery = match self.nsqlookupd_http_addresses.as_deref() {
+            Some(list) => nsq::Discovery::Lookupd {
+                http_addresses: parse_address_list("NSQLOOKUPD_HTTP_ADDRESSES", list)?,
+                poll_interval: LOOKUPD_POLL_INTERVAL,
+            },
+            None => nsq::Discovery::Direct {
+                tcp_addresses: vec![nsqd_tcp_address.clone()],
+            },
+        };
         Ok(RelayConfig {
             enabled: parse_bool(
                 "RELAY_ENABLED",
                 self.relay_enabled.as_deref(),
                 defaults::RELAY_ENABLED,
             )?,
-            nsqd_tcp_address: parse_with(
-                "NSQD_TCP_ADDRESS",
-                self.nsqd_tcp_address.as_deref(),
-                defaults::NSQD_TCP_ADDRESS,
-                parse_host_port,
-            )?,
+            nsqd_tcp_address,
             topic: parse_with(
                 "NSQ_TOPIC",
                 self.nsq_topic.as_deref(),
@@ -360,8 +425,44 @@ impl Raw {
                 defaults::RELAY_POLL_INTERVAL_MS,
                 1..=MAX_POLL_INTERVAL_MS,
             )?),
+            republish_after: (republish_after_secs > 0)
+                .then(|| Duration::from_secs(republish_after_secs)),
+            receipts: ReceiptsConfig {
+                topic: parse_with(
+                    "NSQ_RECEIPTS_TOPIC",
+                    self.nsq_receipts_topic.as_deref(),
+                    defaults::NSQ_RECEIPTS_TOPIC,
+                    |s| nsq::Topic::new(s).map_err(|e| e.to_string()),
+                )?,
+                channel: parse_with(
+                    "RELAY_RECEIPTS_CHANNEL",
+                    self.relay_receipts_channel.as_deref(),
+                    defaults::RELAY_RECEIPTS_CHANNEL,
+                    |s| nsq::Channel::new(s).map_err(|e| e.to_string()),
+                )?,
+                discovery,
+            },
+            retention: Duration::from_secs(retention_hours * 3600),
         })
     }
+}
+
+/// A comma-separated list of `host:port`, at least one.
+fn parse_address_list(var: &'static str, list: &str) -> Result<Vec<String>, ConfigError> {
+    let addresses = list
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(parse_host_port)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|reason| ConfigError::Invalid { var, reason })?;
+    if addresses.is_empty() {
+        return Err(ConfigError::Invalid {
+            var,
+            reason: "expected at least one host:port".into(),
+        });
+    }
+    Ok(addresses)
 }
 
 fn deserialize_str<'de, T: Deserialize<'de>>(s: &'de str) -> Result<T, ValueError> {
@@ -467,6 +568,14 @@ mod tests {
         assert_eq!(config.relay.poll_interval, Duration::from_millis(500));
         assert_eq!(config.relay.nsqd_tcp_address, "127.0.0.1:4150");
         assert_eq!(config.relay.topic.as_str(), "audit.events");
+        assert_eq!(config.relay.republish_after, Some(Duration::from_secs(60)));
+        assert_eq!(config.relay.retention, Duration::from_secs(24 * 3600));
+        assert_eq!(config.relay.receipts.topic.as_str(), "audit.receipts");
+        assert_eq!(config.relay.receipts.channel.as_str(), "outbox-relay");
+        assert!(matches!(
+            &config.relay.receipts.discovery,
+            nsq::Discovery::Direct { tcp_addresses } if tcp_addresses == &["127.0.0.1:4150"]
+        ));
         assert_eq!(config.auth.issuer, None);
         assert_eq!(config.auth.audience, None);
         assert_eq!(config.log_format, LogFormat::Json);
@@ -501,6 +610,13 @@ mod tests {
             ("NSQD_TCP_ADDRESS", "nsqd"),
             ("NSQD_TCP_ADDRESS", "nsqd:http"),
             ("NSQ_TOPIC", "no spaces allowed"),
+            ("NSQ_RECEIPTS_TOPIC", "no spaces allowed"),
+            ("RELAY_RECEIPTS_CHANNEL", "bad/channel"),
+            ("NSQLOOKUPD_HTTP_ADDRESSES", "lookupd:4161,nope"),
+            ("NSQLOOKUPD_HTTP_ADDRESSES", ","),
+            ("RELAY_REPUBLISH_AFTER_SECS", "-1"),
+            ("RELAY_REPUBLISH_AFTER_SECS", "86401"),
+            ("OUTBOX_RETENTION_HOURS", "a day"),
             ("DATABASE_URL", "mysql://nope"),
         ] {
             let err = with(var, value).err().unwrap().to_string();
@@ -554,5 +670,30 @@ mod tests {
         assert_eq!(config.auth.audience.as_deref(), Some("audience"));
         assert_eq!(config.relay.nsqd_tcp_address, "nsqd:4150");
         assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn receipts_come_through_nsqlookupd_when_it_is_configured() {
+        let config = with(
+            "NSQLOOKUPD_HTTP_ADDRESSES",
+            " lookupd-1:4161, lookupd-2:4161 ",
+        )
+        .unwrap();
+        assert!(matches!(
+            &config.relay.receipts.discovery,
+            nsq::Discovery::Lookupd { http_addresses, .. }
+                if http_addresses == &["lookupd-1:4161", "lookupd-2:4161"]
+        ));
+    }
+
+    #[test]
+    fn a_republish_interval_of_zero_turns_receipts_off_and_retention_may_be_zero() {
+        let config = Config::from_vars(base().into_iter().chain([
+            ("RELAY_REPUBLISH_AFTER_SECS", "0".to_owned()),
+            ("OUTBOX_RETENTION_HOURS", "0".to_owned()),
+        ]))
+        .unwrap();
+        assert_eq!(config.relay.republish_after, None);
+        assert_eq!(config.relay.retention, Duration::ZERO);
     }
 }

@@ -4,8 +4,9 @@
 //! `POST /accounts/{id}/actions` leaves exactly one audit event in the
 //! outbox — in the same transaction as the change it records, or alone for
 //! a refusal — except when the database is unavailable (503: nothing is
-//! written). The relay publishes outbox rows to nsqd and marks them only
-//! after nsqd's `OK`.
+//! written). The relay publishes outbox rows to nsqd, marks them only after
+//! nsqd's `OK`, and publishes them again until the consumer's delivery
+//! receipt confirms them.
 //!
 //! # Layout
 //!
@@ -18,7 +19,10 @@
 //!   nothing of auditing.
 //! - [`audit`]: builds events and appends them via [`outbox`], the SQL of
 //!   the `outbox` table.
-//! - [`relay`]: outbox → nsqd.
+//! - [`relay`]: outbox → nsqd, republishing until a delivery receipt
+//!   confirms a row; [`receipts`]: the receipt subscription;
+//!   [`retention`]: deletes confirmed rows after the retention window;
+//!   [`metrics`]: `/metrics`.
 //! - [`auth`]: bearer tokens; [`error`]: the one error type and its HTTP
 //!   mapping; [`request_id`]: the `X-Request-Id` middleware.
 
@@ -29,9 +33,12 @@ pub mod command;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod metrics;
 pub mod outbox;
+pub mod receipts;
 pub mod relay;
 pub mod request_id;
+pub mod retention;
 mod routes;
 pub mod startup;
 

@@ -1,12 +1,40 @@
 //! The outbox relay: moves committed audit events from the `outbox` table to
-//! nsqd, and marks them published only once nsqd has acknowledged them.
+//! nsqd, and keeps publishing each one until a delivery receipt confirms it.
+//!
+//! # Concurrency
 //!
 //! Any number of relays (in any number of processes) may run at once: each
 //! batch is claimed with `FOR UPDATE SKIP LOCKED` inside one transaction that
-//! also marks the rows, so two relays never publish the same row, and a relay
-//! that dies mid-batch leaves its rows pending for the next. A row may still
-//! be published twice (nsqd acknowledged, then the COMMIT failed), which the
-//! consumer absorbs by deduplicating on `event_id`.
+//! also marks the rows, so a row is held by one relay at a time, a claim
+//! never takes more than its batch (the ids are chosen in a materialized
+//! CTE), and a relay that dies mid-batch leaves its rows due for the next
+//! (its transaction rolls back). There is no cursor on `id`: a cursor would
+//! skip rows whose transaction commits late with a lower id.
+//!
+//! # Delivery
+//!
+//! nsqd's `OK` means a message is in nsqd's memory, which a `kill -9` of
+//! nsqd loses. So a published row is not finished: it stays due again
+//! `RELAY_REPUBLISH_AFTER_SECS` later (doubling with each publication, at
+//! most [`MAX_REPUBLISH_WAIT`]), until a receipt from the consumer — sent
+//! after its COMMIT, see [`crate::receipts`] — confirms it. Republication
+//! and redelivery both produce duplicates, which the consumer absorbs by
+//! deduplicating on `event_id`. A row nsqd can never accept (over its
+//! message size limit) is parked, with the reason, instead of retried
+//! forever. MPUBs are split under nsqd's message and body limits by
+//! [`nsq::Producer::multi_publish`].
+//!
+//! # Latency
+//!
+//! A commit in this process wakes the relay at once through an in-process
+//! [`Notify`]; rows written by other processes are found by polling every
+//! `RELAY_POLL_INTERVAL_MS` (their own relay normally takes them first).
+//! LISTEN/NOTIFY would wake every relay for every commit, but Postgres
+//! delivers notifications through one queue whose lock is taken at commit
+//! time by every notifying transaction, serializing all of them: the
+//! writers of the API would pay that on every request to save a fraction of
+//! a poll interval on rows another process wrote. Not worth it until
+//! measured otherwise.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,45 +45,62 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::outbox;
+
+/// The longest wait for a receipt before republishing, however many times a
+/// row was published (unless `RELAY_REPUBLISH_AFTER_SECS` is longer).
+pub const MAX_REPUBLISH_WAIT: Duration = Duration::from_secs(3600);
 
 /// What one [`publish_once`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Published {
     /// Rows claimed from the outbox.
     pub claimed: usize,
-    /// Rows nsqd acknowledged, now marked published.
+    /// Rows published for the first time, acknowledged by nsqd.
     pub published: usize,
+    /// Rows published again for want of a receipt, acknowledged by nsqd.
+    pub republished: usize,
     /// Rows nsqd can never accept, now parked.
     pub parked: usize,
 }
 
-/// How the relay loop runs.
+/// How the relay runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub topic: nsq::Topic,
     pub batch_size: u32,
     /// Fallback for rows written by other processes, which cannot wake us.
     pub poll_interval: Duration,
+    /// How long a published row waits for its receipt before it is
+    /// published again; `None` takes nsqd's `OK` as the confirmation.
+    pub republish_after: Option<Duration>,
 }
 
-/// Publishes one batch of at most `batch_size` pending rows.
+impl Settings {
+    fn max_republish_wait(&self) -> Duration {
+        self.republish_after
+            .map_or(MAX_REPUBLISH_WAIT, |after| after.max(MAX_REPUBLISH_WAIT))
+    }
+}
+
+/// Publishes one batch of at most `batch_size` due rows.
 ///
-/// On a publish error the transaction is rolled back and the rows stay
-/// pending. A row nsqd would refuse for its size is parked (with the reason)
-/// rather than retried forever, and the rest of the batch goes out.
+/// On a publish error the transaction is rolled back and the rows stay due
+/// (a prefix of the batch may have reached nsqd: duplicates, absorbed
+/// downstream). A row nsqd would refuse for its size is parked (with the
+/// reason) rather than retried forever, and the rest of the batch goes out.
 pub async fn publish_once(
     pool: &PgPool,
     producer: &nsq::Producer,
-    topic: &nsq::Topic,
-    batch_size: u32,
+    settings: &Settings,
     logger: &Logger,
 ) -> anyhow::Result<Published> {
     let mut tx = pool
         .begin()
         .await
         .context("starting the relay transaction")?;
-    let mut rows = outbox::claim(&mut tx, i64::from(batch_size))
+    let mut rows = outbox::claim(&mut tx, i64::from(settings.batch_size))
         .await
         .context("claiming outbox rows")?;
     let claimed = rows.len();
@@ -67,7 +112,7 @@ pub async fn publish_once(
     let mut parked = 0;
     while !rows.is_empty() {
         let bodies: Vec<&[u8]> = rows.iter().map(|row| row.payload.as_bytes()).collect();
-        let (index, reason) = match producer.multi_publish(topic, &bodies).await {
+        let (index, reason) = match producer.multi_publish(&settings.topic, &bodies).await {
             Ok(()) => break,
             // Both are refused before anything is sent, and would be refused
             // again on every retry.
@@ -89,17 +134,24 @@ pub async fn publish_once(
     }
 
     let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+    let republished = rows.iter().filter(|row| row.republish).count();
     if !ids.is_empty() {
-        outbox::mark_published(&mut tx, &ids)
-            .await
-            .context("marking outbox rows published")?;
+        outbox::mark_published(
+            &mut tx,
+            &ids,
+            settings.republish_after,
+            settings.max_republish_wait(),
+        )
+        .await
+        .context("marking outbox rows published")?;
     }
     tx.commit()
         .await
         .context("committing published outbox rows")?;
     Ok(Published {
         claimed,
-        published: ids.len(),
+        published: ids.len() - republished,
+        republished,
         parked,
     })
 }
@@ -115,23 +167,18 @@ pub async fn run(
     producer: nsq::Producer,
     settings: Settings,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
     logger: Logger,
     shutdown: CancellationToken,
 ) {
     slog::info!(logger, "relay started";
         "topic" => settings.topic.as_str(), "nsqd" => producer.address(),
-        "batch_size" => settings.batch_size);
+        "batch_size" => settings.batch_size,
+        "republish_after_s" => settings.republish_after.map_or(0, |d| d.as_secs()));
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut failing = false;
     while !shutdown.is_cancelled() {
-        let result = publish_once(
-            &pool,
-            &producer,
-            &settings.topic,
-            settings.batch_size,
-            &logger,
-        )
-        .await;
+        let result = publish_once(&pool, &producer, &settings, &logger).await;
         let pause = match result {
             Ok(published) => {
                 if failing {
@@ -139,9 +186,20 @@ pub async fn run(
                     failing = false;
                     backoff.reset();
                 }
-                if published.published > 0 || published.parked > 0 {
+                metrics.published(published.published);
+                metrics.republished(published.republished);
+                metrics.parked(published.parked);
+                if published.republished > 0 {
+                    // Normal after an nsqd crash or a consumer outage; a
+                    // steady stream of these means receipts are not arriving.
+                    slog::info!(logger, "republished outbox rows that had no receipt";
+                        "republished" => published.republished);
+                }
+                if published.claimed > 0 {
                     slog::debug!(logger, "published outbox rows";
-                        "published" => published.published, "parked" => published.parked);
+                        "published" => published.published,
+                        "republished" => published.republished,
+                        "parked" => published.parked);
                 }
                 if published.claimed >= settings.batch_size as usize {
                     // More may be waiting: drain before sleeping.
@@ -150,6 +208,7 @@ pub async fn run(
                 None
             }
             Err(error) => {
+                metrics.publish_failed();
                 if !failing {
                     slog::warn!(logger, "relay cannot publish; retrying until it can";
                         "error" => format!("{error:#}"));

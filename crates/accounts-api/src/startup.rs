@@ -1,5 +1,6 @@
 //! Building and running the service: the database pool, migrations, the
-//! HTTP server and the relay task, and their orderly shutdown.
+//! HTTP server and the relay's tasks (publishing, delivery receipts,
+//! retention), and their orderly shutdown.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -16,10 +17,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Verifier;
-use crate::config::{Config, DatabaseConfig};
-use crate::relay;
+use crate::config::{Config, DatabaseConfig, ReceiptsConfig};
+use crate::metrics::Metrics;
 use crate::request_id;
 use crate::routes::{self, AppState};
+use crate::{receipts, relay, retention};
 
 /// How long a request waits for a database connection before it gets 503.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -56,14 +58,18 @@ pub struct Application {
     port: u16,
     server: Server,
     pool: PgPool,
-    relay: Option<RelayTask>,
+    relay: Option<RelayTasks>,
     outbox_written: Arc<Notify>,
+    metrics: Arc<Metrics>,
     logger: Logger,
 }
 
-struct RelayTask {
+/// What the relay's three loops need: publishing, confirming, deleting.
+struct RelayTasks {
     producer: nsq::Producer,
     settings: relay::Settings,
+    receipts: ReceiptsConfig,
+    retention: Duration,
 }
 
 impl Application {
@@ -84,11 +90,13 @@ impl Application {
             .port();
 
         let outbox_written = Arc::new(Notify::new());
+        let metrics = Arc::new(Metrics::new());
         let state = web::Data::new(AppState {
             pool: pool.clone(),
             verifier: Verifier::new(&config.auth),
             max_body_bytes: config.max_body_bytes,
             outbox_written: outbox_written.clone(),
+            metrics: metrics.clone(),
             logger: logger.clone(),
         });
         let server = HttpServer::new(move || {
@@ -104,7 +112,7 @@ impl Application {
         .context("starting the HTTP server")?
         .run();
 
-        let relay = config.relay.enabled.then(|| RelayTask {
+        let relay = config.relay.enabled.then(|| RelayTasks {
             producer: nsq::Producer::new(
                 config.relay.nsqd_tcp_address.clone(),
                 nsq::ProducerConfig::default(),
@@ -114,7 +122,10 @@ impl Application {
                 topic: config.relay.topic.clone(),
                 batch_size: config.relay.batch_size,
                 poll_interval: config.relay.poll_interval,
+                republish_after: config.relay.republish_after,
             },
+            receipts: config.relay.receipts.clone(),
+            retention: config.relay.retention,
         });
 
         slog::info!(logger, "accounts-api listening";
@@ -125,6 +136,7 @@ impl Application {
             pool,
             relay,
             outbox_written,
+            metrics,
             logger,
         })
     }
@@ -134,27 +146,45 @@ impl Application {
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets
-    /// in-flight requests finish, stops the relay between batches, and
-    /// returns once everything has ended.
+    /// in-flight requests finish, stops the relay's loops between units of
+    /// work, and returns once everything has ended.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Application {
             server,
             pool,
             relay,
             outbox_written,
+            metrics,
             logger,
             ..
         } = self;
 
-        let relay = relay.map(|task| {
-            tokio::spawn(relay::run(
-                pool.clone(),
-                task.producer,
-                task.settings,
-                outbox_written,
-                logger.new(slog::o!("task" => "relay")),
-                shutdown.clone(),
-            ))
+        let relay = relay.map(|tasks| {
+            [
+                tokio::spawn(relay::run(
+                    pool.clone(),
+                    tasks.producer,
+                    tasks.settings,
+                    outbox_written,
+                    metrics.clone(),
+                    logger.new(slog::o!("task" => "relay")),
+                    shutdown.clone(),
+                )),
+                tokio::spawn(receipts::run(
+                    pool.clone(),
+                    tasks.receipts,
+                    metrics.clone(),
+                    logger.new(slog::o!("task" => "receipts")),
+                    shutdown.clone(),
+                )),
+                tokio::spawn(retention::run(
+                    pool.clone(),
+                    tasks.retention,
+                    metrics.clone(),
+                    logger.new(slog::o!("task" => "retention")),
+                    shutdown.clone(),
+                )),
+            ]
         });
 
         let handle = server.handle();
@@ -174,8 +204,8 @@ impl Application {
         // the service follows it down.
         shutdown.cancel();
         let _ = stopper.await;
-        if let Some(relay) = relay {
-            relay.await.context("the relay task panicked")?;
+        for task in relay.into_iter().flatten() {
+            task.await.context("a relay task panicked")?;
         }
         pool.close().await;
         served

@@ -2,6 +2,7 @@
 
 mod actions;
 mod health;
+mod metrics;
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use tokio::sync::Notify;
 
 use crate::auth::Verifier;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
 /// What every handler may use; one per process, shared by all workers.
 pub struct AppState {
@@ -22,6 +24,8 @@ pub struct AppState {
     /// Signalled after every commit that wrote an outbox row, so the relay
     /// publishes at once instead of at its next poll.
     pub outbox_written: Arc<Notify>,
+    /// The relay's counters, rendered by `/metrics`.
+    pub metrics: Arc<Metrics>,
     pub logger: Logger,
 }
 
@@ -42,6 +46,11 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(
             web::resource("/readyz")
                 .route(web::get().to(health::readyz))
+                .default_service(web::to(method_not_allowed("GET"))),
+        )
+        .service(
+            web::resource("/metrics")
+                .route(web::get().to(metrics::metrics))
                 .default_service(web::to(method_not_allowed("GET"))),
         )
         .default_service(web::to(not_found));

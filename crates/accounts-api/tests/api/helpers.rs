@@ -77,6 +77,15 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     }
 }
 
+/// Turns the relay on, publishing to and taking receipts from `nsqd`.
+pub fn relay_to(config: &mut Config, nsqd_tcp_address: String) {
+    config.relay.enabled = true;
+    config.relay.receipts.discovery = nsq::Discovery::Direct {
+        tcp_addresses: vec![nsqd_tcp_address.clone()],
+    };
+    config.relay.nsqd_tcp_address = nsqd_tcp_address;
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
@@ -176,6 +185,29 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Rows published and still waiting for their receipt.
+    pub async fn unconfirmed_count(&self) -> i64 {
+        sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM outbox
+               WHERE published_at IS NOT NULL AND confirmed_at IS NULL"#
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .client
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
     pub async fn pending_count(&self) -> i64 {
         sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM outbox WHERE published_at IS NULL"#)
             .fetch_one(&self.pool)
@@ -196,6 +228,13 @@ impl TestApp {
     pub async fn account(&self, id: Uuid) -> Option<AccountRow> {
         self.accounts().await.into_iter().find(|a| a.id == id)
     }
+}
+
+/// The value of a series in a Prometheus exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.parse().unwrap())
 }
 
 /// Waits up to `timeout` for `check` to hold.

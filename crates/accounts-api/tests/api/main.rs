@@ -12,6 +12,8 @@ mod cli;
 mod concurrency;
 mod health;
 mod helpers;
+mod receipts;
 mod rejections;
 mod relay;
 mod request_id;
+mod retention;

@@ -1,18 +1,19 @@
 //! The relay against a real nsqd: rows published and marked, rows kept while
 //! nsqd is away, no row published twice by racing relays, oversized rows
-//! parked.
+//! parked, unconfirmed rows published again.
 
 use std::time::Duration;
 
-use accounts_api::relay::{publish_once, Published};
+use accounts_api::relay::{publish_once, Published, Settings};
 use serde_json::json;
+use sqlx::Connection;
 use uuid::Uuid;
 
-use crate::helpers::{eventually, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{eventually, relay_to, spawn_app, spawn_app_with, TestApp};
 
-const TOPIC: &str = "audit.events";
+pub const TOPIC: &str = "audit.events";
 
-async fn start_nsqd() -> testkit::Nsqd {
+pub async fn start_nsqd() -> testkit::Nsqd {
     tokio::task::spawn_blocking(|| testkit::Nsqd::start(testkit::NsqdOptions::default()))
         .await
         .unwrap()
@@ -20,7 +21,7 @@ async fn start_nsqd() -> testkit::Nsqd {
 }
 
 /// How many messages nsqd has received on `topic` since it started.
-fn message_count(nsqd: &testkit::Nsqd, topic: &str) -> u64 {
+pub fn message_count(nsqd: &testkit::Nsqd, topic: &str) -> u64 {
     let stats = nsqd.stats().unwrap();
     stats["topics"]
         .as_array()
@@ -31,7 +32,7 @@ fn message_count(nsqd: &testkit::Nsqd, topic: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn producer(address: String) -> nsq::Producer {
+pub fn producer(address: String) -> nsq::Producer {
     nsq::Producer::new(
         address,
         nsq::ProducerConfig::default(),
@@ -39,12 +40,22 @@ fn producer(address: String) -> nsq::Producer {
     )
 }
 
-fn topic() -> nsq::Topic {
+pub fn topic() -> nsq::Topic {
     nsq::Topic::new(TOPIC).unwrap()
 }
 
+/// Relay settings for calling `publish_once` directly.
+pub fn settings(batch_size: u32) -> Settings {
+    Settings {
+        topic: topic(),
+        batch_size,
+        poll_interval: Duration::from_millis(50),
+        republish_after: Some(Duration::from_secs(60)),
+    }
+}
+
 /// Writes `n` small pending rows straight into the outbox.
-async fn insert_rows(app: &TestApp, n: i32) {
+pub async fn insert_rows(app: &TestApp, n: i32) {
     sqlx::query!(
         "INSERT INTO outbox (event_id, payload)
          SELECT gen_random_uuid(), '{\"n\":' || i || '}' FROM generate_series(1, $1::int) AS i",
@@ -55,7 +66,7 @@ async fn insert_rows(app: &TestApp, n: i32) {
     .unwrap();
 }
 
-async fn send_mixed_requests(app: &TestApp) -> usize {
+pub async fn send_mixed_requests(app: &TestApp) -> usize {
     let id = app.open_account("Acme").await;
     app.act(
         id,
@@ -97,11 +108,7 @@ async fn the_relay_publishes_committed_events_and_marks_them() {
     nsqd.create_topic(TOPIC).unwrap();
     nsqd.create_channel(TOPIC, "check").unwrap();
     let address = nsqd.tcp_address();
-    let app = spawn_app_with(|config| {
-        config.relay.enabled = true;
-        config.relay.nsqd_tcp_address = address;
-    })
-    .await;
+    let app = spawn_app_with(|config| relay_to(config, address)).await;
     let sent = send_mixed_requests(&app).await;
 
     assert!(
@@ -141,11 +148,7 @@ async fn rows_wait_while_nsqd_is_down_and_are_published_when_it_returns() {
     })
     .await
     .unwrap();
-    let app = spawn_app_with(|config| {
-        config.relay.enabled = true;
-        config.relay.nsqd_tcp_address = address;
-    })
-    .await;
+    let app = spawn_app_with(|config| relay_to(config, address)).await;
     let sent = send_mixed_requests(&app).await;
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -177,8 +180,7 @@ async fn publish_once_with_nsqd_unreachable_leaves_rows_pending() {
     let result = publish_once(
         &app.pool,
         &unreachable,
-        &topic(),
-        100,
+        &settings(100),
         &telemetry::test_logger(),
     )
     .await;
@@ -204,7 +206,7 @@ async fn racing_publish_once_calls_never_publish_a_row_twice() {
             let mut total = 0;
             loop {
                 let published =
-                    publish_once(&pool, &producer, &topic(), 25, &telemetry::test_logger())
+                    publish_once(&pool, &producer, &settings(25), &telemetry::test_logger())
                         .await
                         .unwrap();
                 if published.claimed == 0 {
@@ -245,8 +247,7 @@ async fn publish_once_skips_rows_another_relay_has_claimed() {
     let published = publish_once(
         &app.pool,
         &producer,
-        &topic(),
-        100,
+        &settings(100),
         &telemetry::test_logger(),
     )
     .await
@@ -256,6 +257,7 @@ async fn publish_once_skips_rows_another_relay_has_claimed() {
         Published {
             claimed: 20,
             published: 20,
+            republished: 0,
             parked: 0
         }
     );
@@ -264,8 +266,7 @@ async fn publish_once_skips_rows_another_relay_has_claimed() {
     let published = publish_once(
         &app.pool,
         &producer,
-        &topic(),
-        100,
+        &settings(100),
         &telemetry::test_logger(),
     )
     .await
@@ -294,8 +295,7 @@ async fn a_row_too_large_for_nsqd_is_parked_and_the_rest_published() {
     let published = publish_once(
         &app.pool,
         &producer,
-        &topic(),
-        100,
+        &settings(100),
         &telemetry::test_logger(),
     )
     .await
@@ -305,6 +305,7 @@ async fn a_row_too_large_for_nsqd_is_parked_and_the_rest_published() {
         Published {
             claimed: 7,
             published: 6,
+            republished: 0,
             parked: 1
         }
     );
@@ -324,8 +325,7 @@ async fn a_row_too_large_for_nsqd_is_parked_and_the_rest_published() {
     let again = publish_once(
         &app.pool,
         &producer,
-        &topic(),
-        100,
+        &settings(100),
         &telemetry::test_logger(),
     )
     .await
@@ -335,11 +335,9 @@ async fn a_row_too_large_for_nsqd_is_parked_and_the_rest_published() {
 
 #[tokio::test]
 async fn shutdown_is_prompt_while_the_relay_is_backing_off() {
-    let app = spawn_app_with(|config| {
-        config.relay.enabled = true;
-        config.relay.nsqd_tcp_address = format!("127.0.0.1:{}", testkit::free_port());
-    })
-    .await;
+    let app =
+        spawn_app_with(|config| relay_to(config, format!("127.0.0.1:{}", testkit::free_port())))
+            .await;
     app.open_account("Acme").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let started = std::time::Instant::now();
@@ -347,4 +345,125 @@ async fn shutdown_is_prompt_while_the_relay_is_backing_off() {
         .await
         .expect("the service did not stop");
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_published_row_is_published_again_when_no_receipt_comes_and_not_after_one() {
+    let nsqd = start_nsqd().await;
+    let app = spawn_app().await;
+    insert_rows(&app, 5).await;
+    let producer = producer(nsqd.tcp_address());
+    let logger = telemetry::test_logger();
+    let settings = Settings {
+        republish_after: Some(Duration::from_secs(1)),
+        ..settings(100)
+    };
+
+    let first = publish_once(&app.pool, &producer, &settings, &logger)
+        .await
+        .unwrap();
+    assert_eq!((first.published, first.republished), (5, 0));
+    // Not due yet: nothing to claim.
+    let early = publish_once(&app.pool, &producer, &settings, &logger)
+        .await
+        .unwrap();
+    assert_eq!(early, Published::default());
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = publish_once(&app.pool, &producer, &settings, &logger)
+        .await
+        .unwrap();
+    assert_eq!((second.published, second.republished), (0, 5));
+    assert_eq!(message_count(&nsqd, TOPIC), 10);
+
+    // The wait doubles with each publication.
+    let waits = sqlx::query_scalar!(
+        r#"SELECT extract(epoch FROM due_at - published_at)::float8 AS "wait!"
+           FROM outbox WHERE publish_attempts = 2"#
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(waits.len(), 5);
+    assert!(waits.iter().all(|w| (*w - 2.0).abs() < 0.01), "{waits:?}");
+
+    // A receipt for three of them: only the other two come back.
+    let ids = sqlx::query_scalar!("SELECT event_id FROM outbox ORDER BY id LIMIT 3")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        accounts_api::outbox::confirm(&app.pool, &ids)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        accounts_api::outbox::confirm(&app.pool, &ids)
+            .await
+            .unwrap(),
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let third = publish_once(&app.pool, &producer, &settings, &logger)
+        .await
+        .unwrap();
+    assert_eq!((third.claimed, third.republished), (2, 2));
+    assert_eq!(message_count(&nsqd, TOPIC), 12);
+}
+
+#[tokio::test]
+async fn with_republication_off_nsqds_ok_confirms_a_row() {
+    let nsqd = start_nsqd().await;
+    let app = spawn_app().await;
+    insert_rows(&app, 4).await;
+    let producer = producer(nsqd.tcp_address());
+    let settings = Settings {
+        republish_after: None,
+        ..settings(100)
+    };
+    let published = publish_once(&app.pool, &producer, &settings, &telemetry::test_logger())
+        .await
+        .unwrap();
+    assert_eq!(published.published, 4);
+    assert_eq!(app.unconfirmed_count().await, 0);
+    let due: i64 =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM outbox WHERE due_at IS NOT NULL"#)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(due, 0);
+}
+
+#[tokio::test]
+async fn a_claim_never_takes_more_rows_than_its_batch_while_others_claim_too() {
+    let app = spawn_app().await;
+    insert_rows(&app, 100).await;
+    // Ten open transactions, each on its own connection, claim in turn;
+    // each holds at most its batch, and no row is held twice.
+    let mut connections = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let mut connection = sqlx::PgConnection::connect_with(&app.config.database.connect_options)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN").execute(&mut connection).await.unwrap();
+        let claimed = accounts_api::outbox::claim(&mut connection, 7)
+            .await
+            .unwrap();
+        assert!(claimed.len() <= 7);
+        for row in &claimed {
+            assert!(seen.insert(row.id), "row {} claimed twice", row.id);
+        }
+        connections.push(connection);
+    }
+    assert_eq!(seen.len(), 70);
+    let locked: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM outbox WHERE id IN
+           (SELECT id FROM outbox FOR UPDATE SKIP LOCKED)"#
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(locked, 30, "exactly the claimed rows are locked");
 }
