@@ -20,6 +20,8 @@ Commands:
   migrate                               Apply the audit database migrations, then exit
   dead-letters list [--limit N]         Show the newest N dead letters (default 50)
   dead-letters replay <ID>... | --all   Publish dead letters to NSQ_TOPIC again, mark them replayed
+  healthcheck                           Exit 0 if GET /healthz on CONSUMER_BIND's port answers 200
+                                        within 2 s, else 1 (the container's HEALTHCHECK)
   --help                                Print this help
 
 Configuration is read from the environment; DATABASE_URL is required.
@@ -45,6 +47,7 @@ enum Command {
     Serve,
     Migrate,
     Help,
+    Healthcheck,
     ListDeadLetters { limit: i64 },
     ReplayDeadLetters(Selection),
 }
@@ -54,6 +57,7 @@ fn parse_command(mut args: impl Iterator<Item = String>) -> Result<Command, Stri
         None | Some("serve") => Command::Serve,
         Some("migrate") => Command::Migrate,
         Some("--help" | "-h" | "help") => Command::Help,
+        Some("healthcheck") => Command::Healthcheck,
         Some("dead-letters") => return parse_dead_letters(args),
         Some(other) => return Err(format!("unknown command {other:?}")),
     };
@@ -129,6 +133,9 @@ async fn main() -> ExitCode {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }
+    if let Command::Healthcheck = command {
+        return healthcheck::run();
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -145,7 +152,7 @@ async fn main() -> ExitCode {
         Command::ReplayDeadLetters(selection) => {
             replay_dead_letters(&config, &selection, &logger).await
         }
-        Command::Help => ExitCode::SUCCESS,
+        Command::Help | Command::Healthcheck => ExitCode::SUCCESS,
     }
 }
 
@@ -279,6 +286,146 @@ async fn replay_dead_letters(config: &Config, selection: &Selection, logger: &Lo
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `healthcheck`: what the image's HEALTHCHECK runs, since slim images have
+/// no curl. Reads only CONSUMER_BIND, so it works whatever else the
+/// environment holds, and prints the reason for a failure (Docker keeps it
+/// in `docker inspect`).
+mod healthcheck {
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    use std::process::ExitCode;
+    use std::time::{Duration, Instant};
+
+    /// CONSUMER_BIND's default (config.rs).
+    const DEFAULT_BIND: &str = "0.0.0.0:8081";
+    /// How long the whole exchange may take.
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    pub fn run() -> ExitCode {
+        let bind = std::env::var("CONSUMER_BIND")
+            .ok()
+            .filter(|value| !value.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_BIND.to_owned());
+        match probe(&bind, TIMEOUT) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(reason) => {
+                eprintln!("audit-consumer healthcheck: {reason}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    /// Sends `GET /healthz` to the service listening on `bind` and succeeds
+    /// on a 200 answer within `timeout`. A wildcard bind address (0.0.0.0,
+    /// ::) is reached through the loopback address of its family.
+    pub fn probe(bind: &str, timeout: Duration) -> Result<(), String> {
+        let bind: SocketAddr = bind
+            .trim()
+            .parse()
+            .map_err(|_| format!("CONSUMER_BIND {bind:?} is not an address like 0.0.0.0:8081"))?;
+        if bind.port() == 0 {
+            return Err("CONSUMER_BIND has port 0: there is no fixed port to ask".into());
+        }
+        let ip = match bind.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let target = SocketAddr::new(ip, bind.port());
+        let deadline = Instant::now() + timeout;
+        // Socket timeouts must not be zero; past the deadline, the next check fails.
+        let remaining = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        };
+        let failed = |what: &str, e: std::io::Error| format!("{what} {target}: {e}");
+
+        let mut stream = TcpStream::connect_timeout(&target, timeout)
+            .map_err(|e| failed("cannot connect to", e))?;
+        stream
+            .set_write_timeout(Some(remaining()))
+            .and_then(|()| {
+                stream.write_all(
+                    format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+            })
+            .map_err(|e| failed("cannot send the request to", e))?;
+
+        // Only the status line matters; it is short, so stop reading at its end.
+        let mut head = Vec::new();
+        let mut buffer = [0u8; 256];
+        while !head.contains(&b'\n') && head.len() < 1024 {
+            if Instant::now() >= deadline {
+                return Err(format!("no answer from {target} within {timeout:?}"));
+            }
+            stream
+                .set_read_timeout(Some(remaining()))
+                .map_err(|e| failed("cannot read from", e))?;
+            match stream.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => head.extend_from_slice(&buffer[..n]),
+                Err(e) => return Err(failed("no answer from", e)),
+            }
+        }
+        let head = String::from_utf8_lossy(&head);
+        let status_line = head.lines().next().unwrap_or("").trim();
+        let mut words = status_line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some(version), Some("200")) if version.starts_with("HTTP/1.") => Ok(()),
+            _ => Err(format!("GET /healthz on {target} answered {status_line:?}")),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Serves one connection on a free loopback port with `response`.
+        fn serve_once(response: &'static str) -> (u16, std::thread::JoinHandle<()>) {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let server = std::thread::spawn(move || {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 512];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = stream.read(&mut buffer).unwrap();
+                    assert!(n > 0, "the probe closed before its request ended");
+                    request.extend_from_slice(&buffer[..n]);
+                }
+                assert!(request.starts_with(b"GET /healthz HTTP/1.1\r\n"));
+                stream.write_all(response.as_bytes()).unwrap();
+            });
+            (port, server)
+        }
+
+        #[test]
+        fn healthcheck_passes_only_when_healthz_answers_200() {
+            let (port, server) = serve_once("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(probe(&format!("0.0.0.0:{port}"), TIMEOUT), Ok(()));
+            server.join().unwrap();
+
+            let (port, server) = serve_once("HTTP/1.1 503 Service Unavailable\r\n\r\n");
+            assert!(probe(&format!("127.0.0.1:{port}"), TIMEOUT).is_err());
+            server.join().unwrap();
+        }
+
+        #[test]
+        fn healthcheck_fails_when_nothing_listens_or_the_address_is_unusable() {
+            let port = {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                listener.local_addr().unwrap().port()
+            };
+            assert!(probe(&format!("0.0.0.0:{port}"), TIMEOUT).is_err());
+            for bind in ["localhost:8081", "0.0.0.0:0"] {
+                assert!(probe(bind, TIMEOUT).is_err(), "{bind}");
+            }
+        }
     }
 }
 
