@@ -31,6 +31,47 @@ test *args:
 dev:
     bash scripts/dev
 
+# The Docker stack reads .env when it exists, else .env.example (what a fresh clone has).
+compose_env := if path_exists(justfile_directory() / ".env") == "true" { ".env" } else { ".env.example" }
+docker_compose := "docker compose --project-name audit-trail --env-file " + compose_env + " -f docker-compose.nsq.yaml -f docker-compose.app.yaml"
+
+# The whole stack in Docker (Postgres, NSQ, both services built from docker/); returns once all are healthy
+up: _docker
+    {{docker_compose}} up --detach --build --wait
+    @{{docker_compose}} ps
+    @echo
+    @echo "  settings from {{compose_env}}; the API on the port of API_HOST_PORT (8080), nsqadmin on 127.0.0.1 at NSQADMIN_HOST_PORT (4171)"
+    @echo "  a token: just token alice    logs: just logs    stop: just down"
+
+# Stop the Docker stack; its data stays in volumes (`just down -v` deletes them too)
+[positional-arguments]
+down *args: _docker
+    {{docker_compose}} down "$@"
+
+# Follow the Docker stack's logs: all services, or the ones named (`just logs audit-consumer`)
+[positional-arguments]
+logs *services: _docker
+    {{docker_compose}} logs --follow --tail=200 "$@"
+
+# The Docker stack's containers: state, health and ports
+ps: _docker
+    {{docker_compose}} ps
+
+# Run N audit-consumer containers sharing the channel (`just scale-consumers 3`)
+scale-consumers n: _docker
+    @[[ {{quote(n)}} =~ ^[0-9]+$ ]] || { echo "scale-consumers: N must be a whole number, not "{{quote(n)}} >&2; exit 2; }
+    {{docker_compose}} up --detach --wait --no-recreate --scale audit-consumer={{n}}
+
+# Any docker compose command on this stack (`just compose exec postgres psql -U postgres -d audit`)
+[positional-arguments]
+compose *args: _docker
+    {{docker_compose}} "$@"
+
+[private]
+_docker:
+    @command -v docker >/dev/null || { echo "docker is not installed; without Docker, run the stack with: just dev" >&2; exit 1; }
+    @docker compose version >/dev/null 2>&1 || { echo "the docker compose plugin is missing (docker compose version failed); without Docker: just dev" >&2; exit 1; }
+
 # Print a development token for an actor (add --service for a service actor)
 token actor *args:
     @AUTH_JWT_SECRET="${AUTH_JWT_SECRET:-{{dev_secret}}}" cargo run -q -p accounts-api -- token {{actor}} {{args}}
@@ -42,3 +83,15 @@ verify n="1000":
 # Regenerate .sqlx/ (the compile-time query data) after changing SQL or migrations
 prepare:
     bash scripts/prepare-sqlx
+
+# Delete the data of `just dev` (Postgres, nsqd's queue, logs) for a fresh start
+dev-clean:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    source scripts/pg.sh
+    if [ -e .dev/pg ]; then
+        pg_stop .dev/pg
+        if [ -L .dev/pg ]; then rm -rf "$(readlink -f .dev/pg)"; fi
+    fi
+    rm -rf .dev
+    echo "removed the data of just dev"
