@@ -77,8 +77,8 @@ token actor *args:
     @AUTH_JWT_SECRET="${AUTH_JWT_SECRET:-{{dev_secret}}}" cargo run -q -p accounts-api -- token {{actor}} {{args}}
 
 # Send N mixed requests to the running `just dev` stack and check the audit trail they leave
-verify n="1000":
-    AUTH_JWT_SECRET="${AUTH_JWT_SECRET:-{{dev_secret}}}" cargo run -q -p e2e -- --requests {{n}}
+verify n="1000" *args:
+    AUTH_JWT_SECRET="${AUTH_JWT_SECRET:-{{dev_secret}}}" cargo run -q -p e2e -- --requests {{n}} {{args}}
 
 # Regenerate .sqlx/ (the compile-time query data) after changing SQL or migrations
 prepare:

@@ -16,7 +16,9 @@ pg_bin_dir() {
 # Runs a command as the cluster's owner.
 pg_as_owner() {
     if [ "$(id -u)" -eq 0 ]; then
-        runuser -u postgres -- "$@"
+        # From /, which the postgres user can always enter (it may not be
+        # allowed into the caller's folder).
+        (cd / && runuser -u postgres -- "$@")
     else
         "$@"
     fi
