@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::receipts::Receipts;
 use crate::store::{self, DatabaseError, DeadLetter, Failure};
 
 /// A batch transaction that takes longer than this is abandoned and treated
@@ -125,6 +126,9 @@ pub struct Writer<'a> {
     pub consumer: &'a nsq::Consumer,
     pub metrics: &'a Metrics,
     pub settings: Settings,
+    /// Where the event ids of each committed batch go (delivery receipts);
+    /// `None` when receipts are off.
+    pub receipts: Option<&'a Receipts>,
     pub logger: &'a Logger,
 }
 
@@ -430,13 +434,18 @@ impl Writer<'_> {
             }
         }
 
+        // Events now in audit_logs, stored by this batch or before it.
+        let mut stored_ids = Vec::new();
         for (item, answer) in items.into_iter().zip(answers) {
             let Item { message, content } = item;
             let id = message.id;
             let result = match answer {
                 Answer::Finish => {
                     match content {
-                        Content::Event(_) => report.stored += 1,
+                        Content::Event(event) => {
+                            report.stored += 1;
+                            stored_ids.push(event.event_id);
+                        }
                         Content::DeadLetter(_) => report.dead_lettered += 1,
                     }
                     message.fin()
@@ -463,6 +472,10 @@ impl Writer<'_> {
                 // no-op thanks to ON CONFLICT, so this only costs a delay.
                 debug!(self.logger, "could not answer nsqd for a message"; "message_id" => %id, "error" => %gone);
             }
+        }
+        if let Some(receipts) = self.receipts {
+            // Only after their COMMIT, and without waiting.
+            receipts.send(stored_ids);
         }
         self.metrics.stored(report.inserted);
         self.metrics.duplicates(

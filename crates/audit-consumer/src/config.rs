@@ -35,6 +35,8 @@ mod defaults {
     pub const NSQD_TCP_ADDRESS: &str = "127.0.0.1:4150";
     pub const BATCH_SIZE: &str = "500";
     pub const BATCH_MAX_WAIT_MS: &str = "20";
+    pub const NSQ_RECEIPTS_TOPIC: &str = "audit.receipts";
+    pub const RECEIPTS_ENABLED: &str = "true";
 }
 
 /// How often the consumer asks nsqlookupd which nsqd instances carry the
@@ -87,6 +89,9 @@ pub struct Config {
     /// `BATCH_MAX_WAIT_MS`: how long a batch waits for more messages after
     /// its first one.
     pub batch_max_wait: Duration,
+    /// `NSQ_RECEIPTS_TOPIC`, where delivery receipts are published (to
+    /// `NSQD_TCP_ADDRESS`); `None` when `RECEIPTS_ENABLED` is false.
+    pub receipts_topic: Option<nsq::Topic>,
 }
 
 impl fmt::Debug for Config {
@@ -108,6 +113,7 @@ impl fmt::Debug for Config {
             .field("nsqd_tcp_address", &self.nsqd_tcp_address)
             .field("batch_size", &self.batch_size)
             .field("batch_max_wait", &self.batch_max_wait)
+            .field("receipts_topic", &self.receipts_topic)
             .finish()
     }
 }
@@ -143,6 +149,8 @@ struct RawConfig {
     nsqd_tcp_address: Option<String>,
     batch_size: Option<String>,
     batch_max_wait_ms: Option<String>,
+    nsq_receipts_topic: Option<String>,
+    receipts_enabled: Option<String>,
 }
 
 impl Config {
@@ -296,6 +304,20 @@ impl Config {
                 MSG_TIMEOUT_RANGE_MS,
             )?),
             nsqd_tcp_address,
+            receipts_topic: match text(
+                "RECEIPTS_ENABLED",
+                raw.receipts_enabled,
+                defaults::RECEIPTS_ENABLED,
+                boolean,
+            )? {
+                true => Some(text(
+                    "NSQ_RECEIPTS_TOPIC",
+                    raw.nsq_receipts_topic,
+                    defaults::NSQ_RECEIPTS_TOPIC,
+                    |s| nsq::Topic::new(s).map_err(|e| e.to_string()),
+                )?),
+                false => None,
+            },
             batch_size,
             batch_max_wait: Duration::from_millis(number(
                 "BATCH_MAX_WAIT_MS",
@@ -448,6 +470,26 @@ mod tests {
         assert_eq!(config.nsqd_tcp_address, "127.0.0.1:4150");
         assert_eq!(config.batch_size, 500);
         assert_eq!(config.batch_max_wait, Duration::from_millis(20));
+        assert_eq!(
+            config.receipts_topic.as_ref().map(nsq::Topic::as_str),
+            Some("audit.receipts")
+        );
+    }
+
+    #[test]
+    fn receipts_can_go_elsewhere_or_be_turned_off() {
+        let config = parse(&[URL, ("NSQ_RECEIPTS_TOPIC", "receipts")]).unwrap();
+        assert_eq!(
+            config.receipts_topic.as_ref().map(nsq::Topic::as_str),
+            Some("receipts")
+        );
+        let config = parse(&[URL, ("RECEIPTS_ENABLED", "false")]).unwrap();
+        assert!(config.receipts_topic.is_none());
+        assert!(error(&[URL, ("NSQ_RECEIPTS_TOPIC", "bad topic")])
+            .starts_with("NSQ_RECEIPTS_TOPIC is invalid"));
+        assert!(
+            error(&[URL, ("RECEIPTS_ENABLED", "maybe")]).starts_with("RECEIPTS_ENABLED is invalid")
+        );
     }
 
     #[test]

@@ -19,12 +19,15 @@
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`metrics`]: the counters and histograms behind `/metrics`.
 //! - [`dead_letters`]: the `dead-letters list | replay` subcommands.
+//! - [`receipts`]: delivery receipts, the event ids of each committed batch
+//!   published for the accounts API's relay.
 
 pub mod batch;
 pub mod config;
 pub mod dead_letters;
 pub mod health;
 pub mod metrics;
+pub mod receipts;
 pub mod startup;
 pub mod store;
 

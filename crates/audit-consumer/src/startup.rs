@@ -12,12 +12,14 @@ use slog::{info, o, warn, Logger};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Settings, Writer};
 use crate::config::Config;
 use crate::health;
 use crate::metrics::Metrics;
+use crate::receipts::{self, Receipts};
 use crate::store::{self, DatabaseError, Failure};
 
 /// How long a statement waits for a pooled connection. Short, so a database
@@ -143,6 +145,8 @@ pub struct Application {
     messages: mpsc::Receiver<nsq::Message>,
     metrics: Arc<Metrics>,
     settings: Settings,
+    /// The delivery receipts' handle and publishing task, unless turned off.
+    receipts: Option<(Receipts, JoinHandle<()>)>,
     logger: Logger,
 }
 
@@ -167,6 +171,15 @@ impl Application {
         let nsq_logger = logger.new(o!("component" => "nsq"));
         let (consumer, messages) = nsq::Consumer::start(nsq_config, nsq_logger);
         let consumer = Arc::new(consumer);
+
+        let receipts = config.receipts_topic.clone().map(|topic| {
+            let producer = nsq::Producer::new(
+                config.nsqd_tcp_address.clone(),
+                nsq::ProducerConfig::default(),
+                logger.new(o!("component" => "receipts")),
+            );
+            Receipts::start(producer, topic, logger.new(o!("component" => "receipts")))
+        });
 
         let metrics = Arc::new(Metrics::new());
         let state = web::Data::new(health::State {
@@ -196,6 +209,7 @@ impl Application {
             messages,
             metrics,
             settings: Settings::from_config(&config),
+            receipts,
             logger,
         })
     }
@@ -217,8 +231,10 @@ impl Application {
             mut messages,
             metrics,
             settings,
+            receipts,
             logger,
         } = self;
+        let (receipts, receipts_task) = receipts.unzip();
         let server_handle: ServerHandle = server.handle();
         let mut server_task = tokio::spawn(server);
 
@@ -232,6 +248,7 @@ impl Application {
                 consumer: &consumer,
                 metrics: &metrics,
                 settings,
+                receipts: receipts.as_ref(),
                 logger: &writer_logger,
             };
             let writer = batch_writer.run(&mut messages, &stop);
@@ -248,6 +265,17 @@ impl Application {
         // The writer has answered every message it took. Dropping the
         // receiver requeues whatever nsqd sent after that.
         drop(messages);
+        // Its last receipts go out, unless nsqd keeps them waiting too long
+        // (they are a hint: the relay republishes what is not receipted).
+        drop(receipts);
+        if let Some(task) = receipts_task {
+            if tokio::time::timeout(receipts::FLUSH_TIMEOUT, task)
+                .await
+                .is_err()
+            {
+                warn!(logger, "gave up sending the last delivery receipts");
+            }
+        }
 
         if server_ended_first.is_none() {
             server_handle.stop(true).await;
