@@ -30,11 +30,11 @@
 //! [`Notify`]; rows written by other processes are found by polling every
 //! `RELAY_POLL_INTERVAL_MS` (their own relay normally takes them first).
 //! LISTEN/NOTIFY would wake every relay for every commit, but Postgres
-//! delivers notifications through one queue whose lock is taken at commit
-//! time by every notifying transaction, serializing all of them: the
-//! writers of the API would pay that on every request to save a fraction of
-//! a poll interval on rows another process wrote. Not worth it until
-//! measured otherwise.
+//! queues notifications in one shared queue, and a notifying transaction
+//! takes a global lock on it at commit and holds it until the commit is
+//! done: every request of every API process would commit one at a time, to
+//! save a fraction of a poll interval on rows another process wrote. Not
+//! worth it unless measurements say otherwise.
 
 use std::sync::Arc;
 use std::time::Duration;
