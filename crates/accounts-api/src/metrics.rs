@@ -67,8 +67,8 @@ impl Metrics {
     }
 
     /// Receipts that were not valid (logged and dropped).
-    pub fn receipt_malformed(&self) {
-        self.receipts_malformed.fetch_add(1, Ordering::Relaxed);
+    pub fn receipts_malformed(&self, n: usize) {
+        add(&self.receipts_malformed, n);
     }
 
     /// Confirmed rows deleted after the retention window.
@@ -197,7 +197,7 @@ mod tests {
         metrics.republished(2);
         metrics.parked(1);
         metrics.receipts(3, 9);
-        metrics.receipt_malformed();
+        metrics.receipts_malformed(1);
         metrics.deleted(1000);
         metrics.publish_failed();
         let text = metrics.render(Some(Backlog {

@@ -164,14 +164,17 @@ pub async fn run(
     let mut failing = false;
     loop {
         let Some(batch) = next_batch(&mut receiver, &shutdown).await else {
+            if !shutdown.is_cancelled() {
+                // Rows will be republished until they age out of their
+                // backoff; the process should be restarted.
+                slog::error!(logger, "the receipt subscription stopped delivering");
+            }
             break;
         };
         match handle(&pool, &batch, &logger).await {
             Ok(handled) => {
                 metrics.receipts(handled.receipts, handled.confirmed);
-                for _ in 0..handled.malformed {
-                    metrics.receipt_malformed();
-                }
+                metrics.receipts_malformed(handled.malformed);
                 if failing {
                     slog::info!(logger, "confirming delivery receipts again");
                     failing = false;
