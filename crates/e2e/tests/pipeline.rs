@@ -47,6 +47,7 @@ async fn spawn_stack() -> Stack {
         ("API_BIND", "127.0.0.1:0".into()),
         ("AUTH_JWT_SECRET", SECRET.into()),
         ("NSQD_TCP_ADDRESS", nsqd.tcp_address()),
+        ("NSQLOOKUPD_HTTP_ADDRESSES", lookupd.http_address()),
         ("NSQ_TOPIC", TOPIC.into()),
     ])
     .expect("api config");
@@ -54,6 +55,7 @@ async fn spawn_stack() -> Stack {
         ("DATABASE_URL", audit_url.clone()),
         ("CONSUMER_BIND", "127.0.0.1:0".into()),
         ("NSQLOOKUPD_HTTP_ADDRESSES", lookupd.http_address()),
+        ("NSQD_TCP_ADDRESS", nsqd.tcp_address()),
         ("NSQ_TOPIC", TOPIC.into()),
         ("NSQ_CHANNEL", CHANNEL.into()),
     ])
@@ -143,15 +145,28 @@ async fn every_authenticated_request_leaves_exactly_one_audit_row() {
         ]
     );
 
-    // Every outbox row was published, and nothing else was stored.
+    // Every outbox row was published and then confirmed by the consumer's
+    // receipt (which arrives just after the row is stored), and nothing else
+    // was stored.
     let accounts = sqlx::PgPool::connect(&stack.accounts_url).await.unwrap();
-    let (pending, total): (i64, i64) =
-        sqlx::query_as("SELECT count(*) FILTER (WHERE published_at IS NULL), count(*) FROM outbox")
-            .fetch_one(&accounts)
-            .await
-            .unwrap();
-    assert_eq!(pending, 0);
-    assert_eq!(total as usize, report.rows);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (unconfirmed, total): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE confirmed_at IS NULL), count(*) FROM outbox",
+        )
+        .fetch_one(&accounts)
+        .await
+        .unwrap();
+        assert_eq!(total as usize, report.rows);
+        if unconfirmed == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{unconfirmed} outbox rows still unconfirmed after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (stored,): (i64,) = sqlx::query_as("SELECT count(*) FROM audit_logs")
         .fetch_one(&audit)
         .await

@@ -190,9 +190,9 @@ fn get_json(addr: &str, path: &str) -> Result<serde_json::Value> {
 /// Formats a duration the way Go's `time.ParseDuration` reads it.
 fn go_duration(duration: Duration) -> String {
     let nanos = duration.as_nanos();
-    if nanos % 1_000_000 == 0 {
+    if nanos.is_multiple_of(1_000_000) {
         format!("{}ms", nanos / 1_000_000)
-    } else if nanos % 1_000 == 0 {
+    } else if nanos.is_multiple_of(1_000) {
         format!("{}us", nanos / 1_000)
     } else {
         format!("{nanos}ns")
