@@ -104,8 +104,22 @@ fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// One printable line of at most `ERROR_COLUMN_CHARS` characters. Errors
+/// quote what the producer sent, so control characters (a terminal escape
+/// sequence in a poisoned field, say) are shown escaped, never emitted.
 fn shorten(error: &str) -> String {
     let one_line = error.split_whitespace().collect::<Vec<_>>().join(" ");
+    let one_line: String = one_line
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
     if one_line.chars().count() <= ERROR_COLUMN_CHARS {
         return one_line;
     }
@@ -312,6 +326,13 @@ mod tests {
         let rows = [(1, 3 * mib), (2, 2 * mib), (3, 6 * mib), (4, 1)];
         assert_eq!(chunks(&rows), [vec![1], vec![2], vec![3], vec![4]]);
         assert!(chunks(&[]).is_empty());
+    }
+
+    #[test]
+    fn control_characters_in_errors_are_shown_escaped() {
+        let shown = shorten("field actor.type: \u{1b}]0;pwned\u{7}\u{1b}[2J");
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("\\u{1b}]0;pwned"), "{shown:?}");
     }
 
     #[test]

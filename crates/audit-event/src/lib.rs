@@ -17,10 +17,20 @@ use uuid::Uuid;
 /// The schema version this crate writes and the only one it reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// Longest text accepted in any string field of an event, in bytes. Far above
-/// anything the API produces (names are at most 200 characters, reasons 500);
-/// it bounds what a hostile or broken producer can make us store.
+/// Longest text accepted in a free-text field of an event (user agent, error
+/// code, traceparent), in bytes. Far above anything the API produces; it
+/// bounds what a hostile or broken producer can make us store.
 pub const MAX_TEXT_BYTES: usize = 4096;
+
+/// Longest identity (actor id, action, resource type and id, request id), in
+/// bytes. These are indexed in `audit_logs`, and a Postgres btree entry must
+/// stay under about 2.7 kB: two of them side by side must fit. The API's own
+/// limits are far lower (a `sub` of at most 255 characters, ids of 128).
+pub const MAX_ID_BYTES: usize = 1024;
+
+/// Largest `details` object, serialized, in bytes. The API puts only validated
+/// parameters there (a name, a reason): a few hundred bytes.
+pub const MAX_DETAILS_BYTES: usize = 16 * 1024;
 
 /// One audit record: who did what to which resource, when, from where, and
 /// with what outcome.
@@ -117,6 +127,8 @@ pub struct RequestInfo {
 pub enum ParseError {
     #[error("not valid JSON: {0}")]
     Json(String),
+    #[error("valid JSON, but not an object: an event is a JSON object")]
+    NotAnObject,
     #[error("missing schema_version")]
     MissingSchemaVersion,
     #[error("unknown schema_version {0} (this build reads version {SCHEMA_VERSION})")]
@@ -137,6 +149,16 @@ impl AuditEvent {
         #[derive(Deserialize)]
         struct Probe {
             schema_version: Option<serde_json::Value>,
+        }
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            // Tell well-formed JSON of another type (`null`, `42`, `[…]`)
+            // from bytes that are not JSON at all.
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                    Ok(_) => ParseError::NotAnObject,
+                    Err(e) => ParseError::Json(e.to_string()),
+                },
+            );
         }
         let probe: Probe =
             serde_json::from_slice(bytes).map_err(|e| ParseError::Json(e.to_string()))?;
@@ -176,10 +198,15 @@ impl AuditEvent {
             if text.contains('\0') {
                 return Err(ParseError::Nul(field.to_owned()));
             }
-            if text.len() > MAX_TEXT_BYTES {
+            let max = if IDENTITY_FIELDS.contains(&field) {
+                MAX_ID_BYTES
+            } else {
+                MAX_TEXT_BYTES
+            };
+            if text.len() > max {
                 return Err(ParseError::Invalid {
                     field,
-                    reason: format!("longer than {MAX_TEXT_BYTES} bytes"),
+                    reason: format!("longer than {max} bytes"),
                 });
             }
         }
@@ -204,6 +231,13 @@ impl AuditEvent {
         }
         if let Some(path) = nul_in_json(&self.details, "details") {
             return Err(ParseError::Nul(path));
+        }
+        let details_bytes = self.details.to_string().len();
+        if details_bytes > MAX_DETAILS_BYTES {
+            return Err(ParseError::Invalid {
+                field: "details",
+                reason: format!("{details_bytes} bytes, more than {MAX_DETAILS_BYTES}"),
+            });
         }
         match (self.outcome, &self.error) {
             (Outcome::Succeeded, Some(_)) => {
@@ -231,6 +265,15 @@ impl AuditEvent {
         Ok(())
     }
 }
+
+/// The fields held to [`MAX_ID_BYTES`].
+const IDENTITY_FIELDS: [&str; 5] = [
+    "actor.id",
+    "action",
+    "resource.type",
+    "resource.id",
+    "request.id",
+];
 
 /// The path of the first string (key or value) holding a NUL, if any.
 fn nul_in_json(value: &serde_json::Value, path: &str) -> Option<String> {
@@ -385,19 +428,48 @@ mod tests {
 
     #[test]
     fn bytes_that_are_not_json_are_rejected() {
-        for junk in [
-            &b"not json"[..],
-            b"",
-            b"\xff\xfe",
-            b"[1,2]",
-            b"{\"schema_version\":1",
-        ] {
+        for junk in [&b"not json"[..], b"", b"\xff\xfe", b"{\"schema_version\":1"] {
             let err = AuditEvent::parse(junk).unwrap_err();
             assert!(
                 matches!(err, ParseError::Json(_) | ParseError::MissingSchemaVersion),
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn json_that_is_not_an_object_is_rejected_as_such() {
+        for junk in [&b"null"[..], b"42", b"[1,2]", b"\"event\""] {
+            assert_eq!(AuditEvent::parse(junk), Err(ParseError::NotAnObject));
+        }
+    }
+
+    #[test]
+    fn identities_longer_than_an_index_entry_allows_are_rejected() {
+        let mut value = sample();
+        value["actor"]["id"] = json!("a".repeat(MAX_ID_BYTES + 1));
+        assert!(matches!(
+            parse(&value),
+            Err(ParseError::Invalid {
+                field: "actor.id",
+                ..
+            })
+        ));
+        value["actor"]["id"] = json!("a".repeat(MAX_ID_BYTES));
+        assert!(parse(&value).is_ok());
+    }
+
+    #[test]
+    fn oversized_details_are_rejected() {
+        let mut value = sample();
+        value["details"] = json!({"name": "x".repeat(MAX_DETAILS_BYTES)});
+        assert!(matches!(
+            parse(&value),
+            Err(ParseError::Invalid {
+                field: "details",
+                ..
+            })
+        ));
     }
 
     #[test]
