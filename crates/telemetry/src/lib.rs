@@ -1,15 +1,25 @@
-//! Logging and shutdown, shared by both services. Nothing else lives here.
+//! Logging, tracing and shutdown, shared by both services. Nothing else
+//! lives here.
 //!
 //! Invariant: a service builds its root logger once, in `main`, with
 //! [`init`], and passes it down explicitly; the `log` records of dependencies
 //! (sqlx, actix) are bridged into the same logger so every line has one
-//! format. [`shutdown_signal`] turns SIGINT/SIGTERM into a cancellation token.
+//! format, and every line written while a span is current carries its
+//! `trace_id` and `span_id`. [`trace`] is the OpenTelemetry side: the
+//! `OTEL_*` settings, the OTLP exporter, W3C `traceparent`.
+//! [`shutdown_signal`] turns SIGINT/SIGTERM into a cancellation token.
 
 use std::str::FromStr;
 
 use serde::Deserialize;
 use slog::{o, Drain, Level, Logger};
 use tokio_util::sync::CancellationToken;
+
+pub mod trace;
+
+/// The OpenTelemetry API the services make spans with, at the version
+/// [`trace`] exports.
+pub use opentelemetry;
 
 /// `LOG_LEVEL`: trace, debug, info, warn or error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -103,7 +113,9 @@ where
         .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
         .build()
         .fuse();
-    let drain = drain.filter_level(level.0).fuse();
+    // In front of the asynchronous drain, so the ids are read on the
+    // thread that logs (see `trace::SpanIds`).
+    let drain = trace::SpanIds(drain).filter_level(level.0).fuse();
     Logger::root(drain, o!("service" => service))
 }
 
@@ -127,7 +139,7 @@ pub fn test_logger() -> Logger {
     if std::env::var_os("TEST_LOG").is_some() {
         let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
         let drain = slog_term::FullFormat::new(decorator).build().fuse();
-        Logger::root(drain, o!())
+        Logger::root(trace::SpanIds(drain).fuse(), o!())
     } else {
         Logger::root(slog::Discard, o!())
     }
