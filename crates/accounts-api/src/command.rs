@@ -8,7 +8,7 @@
 //! known (422 `invalid_params`). The action is reported whenever it is known,
 //! so a rejected rename is audited as `account.rename`.
 
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::{DeserializeOwned, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -113,8 +113,11 @@ pub fn parse(body: &[u8]) -> Result<Command, BodyError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| malformed("the request body is not valid UTF-8".into()))?;
     // First pass: is it JSON at all, and which action does it name? Done on
-    // a `Value` so that every shape problem below gets the right code.
-    let value: Value = serde_json::from_str(text)
+    // a `Value` so that every shape problem below gets the right code. A key
+    // given twice anywhere makes the body malformed: parsers disagree on
+    // which of the two counts, and the audit event must record what the
+    // request meant without guessing.
+    let StrictValue(value) = serde_json::from_str(text)
         .map_err(|e| malformed(format!("the request body is not valid JSON: {}", clip(&e))))?;
     let invalid_action = |detail: &str| BodyError {
         action: None,
@@ -178,6 +181,83 @@ pub fn parse(body: &[u8]) -> Result<Command, BodyError> {
     };
     Ok(command)
 }
+
+/// A JSON value that refuses an object key given twice, at any depth
+/// (`serde_json::Value` keeps the last one silently). Depth is bounded by
+/// serde_json's recursion limit (128), which makes deeper nesting malformed
+/// too.
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // JSON text has no NaN or infinity, so `from_f64` always succeeds.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if fields.contains_key(&key) {
+                return Err(A::Error::custom(format!(
+                    "duplicate key `{}`",
+                    sanitize(&key, MAX_KEY_CHARS)
+                )));
+            }
+            let StrictValue(value) = map.next_value()?;
+            fields.insert(key, value);
+        }
+        Ok(Value::Object(fields))
+    }
+}
+
+/// Longest key quoted in an error detail.
+const MAX_KEY_CHARS: usize = 64;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -338,10 +418,6 @@ mod tests {
                 r#"{"action":"open","params":{"name":"x"},"force":true}"#,
                 "force",
             ),
-            (
-                r#"{"action":"rename","params":{"name":"a","name":"b"}}"#,
-                "name",
-            ),
             (r#"{"action":"suspend","params":{}}"#, "reason"),
             (
                 r#"{"action":"reactivate","params":{"reason":"x"}}"#,
@@ -361,6 +437,47 @@ mod tests {
             }
             assert!(err.action.is_some(), "{body}");
         }
+    }
+
+    #[test]
+    fn a_key_given_twice_at_any_depth_is_malformed() {
+        for (body, key) in [
+            (
+                r#"{"action":"rename","params":{"name":"a","name":"b"}}"#,
+                "name",
+            ),
+            (r#"{"action":"open","action":"close"}"#, "action"),
+            (r#"{"action":"close","params":null,"params":{}}"#, "params"),
+            (r#"{"action":"close","x":[{"a":1,"a":2}]}"#, "a"),
+        ] {
+            match kind(body) {
+                BodyErrorKind::Malformed(detail) => {
+                    assert!(
+                        detail.contains(&format!("duplicate key `{key}`")),
+                        "{detail}"
+                    )
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        // The same key in different objects is fine.
+        assert!(parse(br#"{"action":"open","params":{"name":"action"}}"#).is_ok());
+    }
+
+    #[test]
+    fn deep_nesting_and_lone_surrogates_are_malformed_not_a_crash() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(matches!(kind(&deep), BodyErrorKind::Malformed(_)));
+        let nested = format!(
+            r#"{{"action":"open","params":{{"name":{}"x"{}}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert!(matches!(kind(&nested), BodyErrorKind::Malformed(_)));
+        assert!(matches!(
+            kind(r#"{"action":"open","params":{"name":"\ud800"}}"#),
+            BodyErrorKind::Malformed(_)
+        ));
     }
 
     #[test]

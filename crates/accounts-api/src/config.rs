@@ -30,6 +30,11 @@ pub mod defaults {
     pub const RELAY_RECEIPTS_CHANNEL: &str = "outbox-relay";
     pub const OUTBOX_RETENTION_HOURS: u64 = 24;
     pub const DATABASE_MAX_CONNECTIONS: u32 = 10;
+    pub const DATABASE_ACQUIRE_TIMEOUT_MS: u64 = 3000;
+    pub const RATE_LIMIT_PER_SECOND: u32 = 100;
+    pub const RATE_LIMIT_BURST: u32 = 1000;
+    pub const AUDIT_READS: bool = true;
+    pub const IDEMPOTENCY_KEY_TTL_HOURS: u64 = 24;
 }
 
 /// How often the receipt subscription asks nsqlookupd which nsqd nodes carry
@@ -48,6 +53,10 @@ const MAX_DATABASE_CONNECTIONS: u32 = 1_000;
 const MAX_REPUBLISH_AFTER_SECS: u64 = 86_400;
 /// Ten years: "keep them all" without a special value.
 const MAX_RETENTION_HOURS: u64 = 87_600;
+const ACQUIRE_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=60_000;
+const MAX_RATE_LIMIT: u32 = 1_000_000;
+/// The API contract keeps idempotency keys at least a day; at most a year.
+const IDEMPOTENCY_KEY_TTL_HOURS_RANGE: std::ops::RangeInclusive<u64> = 24..=8_760;
 
 /// The whole configuration of the service.
 #[derive(Clone)]
@@ -60,6 +69,13 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `API_MAX_BODY_BYTES`: larger request bodies get 413.
     pub max_body_bytes: usize,
+    /// `RATE_LIMIT_PER_SECOND` and `RATE_LIMIT_BURST`, per actor; `None`
+    /// (a rate of 0) turns the limit off.
+    pub rate_limit: Option<crate::rate_limit::Settings>,
+    /// `AUDIT_READS`: `GET /accounts/{id}` leaves an `account.read` event.
+    pub audit_reads: bool,
+    /// `IDEMPOTENCY_KEY_TTL_HOURS`: how long a stored response is replayed.
+    pub idempotency_key_ttl: Duration,
     pub relay: RelayConfig,
 }
 
@@ -69,6 +85,9 @@ pub struct DatabaseConfig {
     pub connect_options: PgConnectOptions,
     /// `DATABASE_MAX_CONNECTIONS`.
     pub max_connections: u32,
+    /// `DATABASE_ACQUIRE_TIMEOUT_MS`: how long a request waits for a free
+    /// connection (or for a new one to connect) before it gets 503.
+    pub acquire_timeout: Duration,
     /// `RUN_MIGRATIONS`: apply pending migrations at start-up.
     pub run_migrations: bool,
 }
@@ -166,6 +185,7 @@ pub enum ConfigError {
 struct Raw {
     database_url: Option<String>,
     database_max_connections: Option<String>,
+    database_acquire_timeout_ms: Option<String>,
     run_migrations: Option<String>,
     log_level: Option<String>,
     log_format: Option<String>,
@@ -184,6 +204,10 @@ struct Raw {
     relay_receipts_channel: Option<String>,
     nsqlookupd_http_addresses: Option<String>,
     outbox_retention_hours: Option<String>,
+    rate_limit_per_second: Option<String>,
+    rate_limit_burst: Option<String>,
+    audit_reads: Option<String>,
+    idempotency_key_ttl_hours: Option<String>,
 }
 
 impl Config {
@@ -220,6 +244,20 @@ impl Config {
                 defaults::API_MAX_BODY_BYTES,
                 1..=MAX_BODY_BYTES_LIMIT,
             )?,
+            rate_limit: raw.rate_limit()?,
+            audit_reads: parse_bool(
+                "AUDIT_READS",
+                raw.audit_reads.as_deref(),
+                defaults::AUDIT_READS,
+            )?,
+            idempotency_key_ttl: Duration::from_secs(
+                parse_number(
+                    "IDEMPOTENCY_KEY_TTL_HOURS",
+                    raw.idempotency_key_ttl_hours.as_deref(),
+                    defaults::IDEMPOTENCY_KEY_TTL_HOURS,
+                    IDEMPOTENCY_KEY_TTL_HOURS_RANGE,
+                )? * 3600,
+            ),
             relay: raw.relay()?,
         })
     }
@@ -266,6 +304,7 @@ impl Raw {
         for field in [
             &mut raw.database_url,
             &mut raw.database_max_connections,
+            &mut raw.database_acquire_timeout_ms,
             &mut raw.run_migrations,
             &mut raw.log_level,
             &mut raw.log_format,
@@ -284,6 +323,10 @@ impl Raw {
             &mut raw.relay_receipts_channel,
             &mut raw.nsqlookupd_http_addresses,
             &mut raw.outbox_retention_hours,
+            &mut raw.rate_limit_per_second,
+            &mut raw.rate_limit_burst,
+            &mut raw.audit_reads,
+            &mut raw.idempotency_key_ttl_hours,
         ] {
             if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 *field = None;
@@ -318,6 +361,12 @@ impl Raw {
                 defaults::DATABASE_MAX_CONNECTIONS,
                 1..=MAX_DATABASE_CONNECTIONS,
             )?,
+            acquire_timeout: Duration::from_millis(parse_number(
+                "DATABASE_ACQUIRE_TIMEOUT_MS",
+                self.database_acquire_timeout_ms.as_deref(),
+                defaults::DATABASE_ACQUIRE_TIMEOUT_MS,
+                ACQUIRE_TIMEOUT_MS_RANGE,
+            )?),
             run_migrations: parse_bool(
                 "RUN_MIGRATIONS",
                 self.run_migrations.as_deref(),
@@ -370,6 +419,22 @@ impl Raw {
                 .map(str::trim)
                 .map(String::from),
         })
+    }
+
+    fn rate_limit(&self) -> Result<Option<crate::rate_limit::Settings>, ConfigError> {
+        let per_second = parse_number(
+            "RATE_LIMIT_PER_SECOND",
+            self.rate_limit_per_second.as_deref(),
+            defaults::RATE_LIMIT_PER_SECOND,
+            0..=MAX_RATE_LIMIT,
+        )?;
+        let burst = parse_number(
+            "RATE_LIMIT_BURST",
+            self.rate_limit_burst.as_deref(),
+            defaults::RATE_LIMIT_BURST,
+            1..=MAX_RATE_LIMIT,
+        )?;
+        Ok((per_second > 0).then_some(crate::rate_limit::Settings { per_second, burst }))
     }
 
     fn relay(&self) -> Result<RelayConfig, ConfigError> {
@@ -579,6 +644,31 @@ mod tests {
         assert_eq!(config.auth.issuer, None);
         assert_eq!(config.auth.audience, None);
         assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.database.acquire_timeout, Duration::from_secs(3));
+        assert_eq!(
+            config.rate_limit,
+            Some(crate::rate_limit::Settings {
+                per_second: 100,
+                burst: 1000
+            })
+        );
+        assert!(config.audit_reads);
+        assert_eq!(config.idempotency_key_ttl, Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn a_rate_limit_of_zero_turns_it_off_and_reads_need_not_be_audited() {
+        let config = Config::from_vars(base().into_iter().chain([
+            ("RATE_LIMIT_PER_SECOND", "0".to_owned()),
+            ("AUDIT_READS", "false".to_owned()),
+            ("IDEMPOTENCY_KEY_TTL_HOURS", "48".to_owned()),
+            ("DATABASE_ACQUIRE_TIMEOUT_MS", "250".to_owned()),
+        ]))
+        .unwrap();
+        assert_eq!(config.rate_limit, None);
+        assert!(!config.audit_reads);
+        assert_eq!(config.idempotency_key_ttl, Duration::from_secs(48 * 3600));
+        assert_eq!(config.database.acquire_timeout, Duration::from_millis(250));
     }
 
     #[test]
@@ -618,6 +708,13 @@ mod tests {
             ("RELAY_REPUBLISH_AFTER_SECS", "86401"),
             ("OUTBOX_RETENTION_HOURS", "a day"),
             ("DATABASE_URL", "mysql://nope"),
+            ("DATABASE_ACQUIRE_TIMEOUT_MS", "0"),
+            ("RATE_LIMIT_PER_SECOND", "-1"),
+            ("RATE_LIMIT_PER_SECOND", "fast"),
+            ("RATE_LIMIT_BURST", "0"),
+            ("AUDIT_READS", "sometimes"),
+            ("IDEMPOTENCY_KEY_TTL_HOURS", "23"),
+            ("IDEMPOTENCY_KEY_TTL_HOURS", "8761"),
         ] {
             let err = with(var, value).err().unwrap().to_string();
             assert!(

@@ -11,7 +11,8 @@ use actix_web::{Error, HttpMessage, HttpRequest};
 use uuid::Uuid;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
-const MAX_LEN: usize = 128;
+/// Longest client id kept, in bytes (visible ASCII: one byte each).
+pub const MAX_LEN: usize = 128;
 
 /// The id of the current request, stored in the request's extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]

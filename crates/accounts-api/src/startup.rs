@@ -1,6 +1,6 @@
 //! Building and running the service: the database pool, migrations, the
-//! HTTP server and the relay's tasks (publishing, delivery receipts,
-//! retention), and their orderly shutdown.
+//! HTTP server, the relay's tasks (publishing, delivery receipts,
+//! retention), the expiry of idempotency keys, and their orderly shutdown.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -19,12 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Verifier;
 use crate::config::{Config, DatabaseConfig, ReceiptsConfig};
 use crate::metrics::Metrics;
-use crate::request_id;
+use crate::rate_limit::RateLimiter;
 use crate::routes::{self, AppState};
-use crate::{receipts, relay, retention};
+use crate::{idempotency, limits, openapi, receipts, relay, request_id, retention};
 
-/// How long a request waits for a database connection before it gets 503.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long in-flight requests get to finish on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -38,10 +36,12 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 
 /// A pool that does not connect until first used, so the service starts
 /// (and answers `/healthz`, and 503s) while the database is still away.
+/// Bounded: when every connection is busy, a request waits at most
+/// `DATABASE_ACQUIRE_TIMEOUT_MS` for one, then gets 503 rather than hanging.
 pub fn connect_pool(config: &DatabaseConfig) -> PgPool {
     PgPoolOptions::new()
         .max_connections(config.max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .acquire_timeout(config.acquire_timeout)
         .connect_lazy_with(config.connect_options.clone())
 }
 
@@ -59,6 +59,7 @@ pub struct Application {
     server: Server,
     pool: PgPool,
     relay: Option<RelayTasks>,
+    idempotency_key_ttl: Duration,
     outbox_written: Arc<Notify>,
     metrics: Arc<Metrics>,
     logger: Logger,
@@ -95,6 +96,10 @@ impl Application {
             pool: pool.clone(),
             verifier: Verifier::new(&config.auth),
             max_body_bytes: config.max_body_bytes,
+            rate_limiter: config.rate_limit.map(RateLimiter::new),
+            audit_reads: config.audit_reads,
+            idempotency_key_ttl: config.idempotency_key_ttl,
+            openapi: openapi::document_bytes(),
             outbox_written: outbox_written.clone(),
             metrics: metrics.clone(),
             logger: logger.clone(),
@@ -102,6 +107,9 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                // The last wrapped runs first: every answer, the limits'
+                // refusals included, carries the request id.
+                .wrap(from_fn(limits::middleware))
                 .wrap(from_fn(request_id::middleware))
                 .configure(routes::configure)
         })
@@ -135,6 +143,7 @@ impl Application {
             server,
             pool,
             relay,
+            idempotency_key_ttl: config.idempotency_key_ttl,
             outbox_written,
             metrics,
             logger,
@@ -146,18 +155,26 @@ impl Application {
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets
-    /// in-flight requests finish, stops the relay's loops between units of
-    /// work, and returns once everything has ended.
+    /// in-flight requests finish, stops the background loops between units
+    /// of work, and returns once everything has ended.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Application {
             server,
             pool,
             relay,
+            idempotency_key_ttl,
             outbox_written,
             metrics,
             logger,
             ..
         } = self;
+
+        let expiry = tokio::spawn(idempotency::run(
+            pool.clone(),
+            idempotency_key_ttl,
+            logger.new(slog::o!("task" => "idempotency-expiry")),
+            shutdown.clone(),
+        ));
 
         let relay = relay.map(|tasks| {
             [
@@ -207,6 +224,9 @@ impl Application {
         for task in relay.into_iter().flatten() {
             task.await.context("a relay task panicked")?;
         }
+        expiry
+            .await
+            .context("the idempotency key expiry task panicked")?;
         pool.close().await;
         served
             .context("the HTTP server task panicked")?

@@ -1,13 +1,17 @@
-//! `POST /accounts/{id}/actions`: the audited route.
+//! `POST /accounts/{id}/actions`: the audited change.
 //!
-//! Order of checks: the token first (no valid token, no audit event); from
-//! then on every outcome is audited. The body is read here from the raw
-//! payload, not through an extractor, because an extractor's rejection would
-//! happen before this handler runs and escape the audit.
+//! Order of checks: the token and the rate limit first (see
+//! [`super::admit`]; neither is audited); from then on every outcome is
+//! audited. The body is read here from the raw payload, not through an
+//! extractor, because an extractor's rejection would happen before this
+//! handler runs and escape the audit. Then the `Idempotency-Key`, if any:
+//! a retry of a stored request is answered from the store; then the outcome.
 //!
-//! A change and its event commit in one transaction. A refusal writes its
-//! event in a transaction of its own and nothing else. When the database is
-//! unavailable nothing is written and the client gets 503.
+//! One transaction per request writes its outcome: the change with its
+//! event, or, for a refusal, the event alone (a refused change is undone to
+//! a savepoint first, which also frees the account's row lock at once), and
+//! the idempotency key with the response. When the database is unavailable
+//! nothing is written and the client gets 503.
 
 use actix_web::http::header;
 use actix_web::http::StatusCode;
@@ -15,18 +19,38 @@ use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 use serde::Serialize;
-use slog::{o, Logger};
+use slog::Logger;
+use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-use super::AppState;
+use super::{parse_account_id, record_error, reject, AppState};
 use crate::accounts::{self, Account, ChangeError, Transition};
-use crate::audit::{self, Attempt, RecordError};
+use crate::audit::{self, Attempt};
 use crate::command::{self, ActionName, BodyErrorKind, Command};
-use crate::error::ApiError;
-use crate::request_id::RequestId;
+use crate::error::{ApiError, ErrorKind};
+use crate::idempotency::{self, IdempotencyKey, Reply};
 
-/// The resource type in events and the prefix of their actions.
-const RESOURCE_TYPE: &str = "account";
+/// Every problem this route answers with (the OpenAPI document lists them).
+pub const ERRORS: &[ErrorKind] = &[
+    ErrorKind::Unauthorized,
+    ErrorKind::RateLimited,
+    ErrorKind::InvalidId,
+    ErrorKind::MalformedJson,
+    ErrorKind::InvalidIdempotencyKey,
+    ErrorKind::PayloadTooLarge,
+    ErrorKind::UnsupportedMediaType,
+    ErrorKind::InvalidAction,
+    ErrorKind::InvalidParams,
+    ErrorKind::IdempotencyKeyReused,
+    ErrorKind::NotFound,
+    // An empty id, or one holding a `/`, never reaches the route.
+    ErrorKind::RouteNotFound,
+    ErrorKind::AlreadyExists,
+    ErrorKind::InvalidTransition,
+    ErrorKind::IdempotencyKeyInFlight,
+    ErrorKind::Unavailable,
+    ErrorKind::Internal,
+];
 
 /// After refusing an oversized body, read (and discard) up to this much more
 /// before answering, so that a client still sending gets to read the 413
@@ -34,9 +58,9 @@ const RESOURCE_TYPE: &str = "account";
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
 #[derive(Serialize)]
-struct Success<'a> {
-    account: &'a Account,
-    event_id: Uuid,
+pub struct Success<'a> {
+    pub account: &'a Account,
+    pub event_id: Uuid,
 }
 
 pub async fn post(
@@ -44,53 +68,13 @@ pub async fn post(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let request_id = RequestId::of(&request);
-    let ip = request
-        .peer_addr()
-        .map(|a| a.ip().to_canonical().to_string());
-    let logger = state.logger.new(o!(
-        "request_id" => request_id.0.clone(),
-        "ip" => ip.clone().unwrap_or_default(),
-    ));
-
-    let actor = match state.verifier.authenticate(&request) {
-        Ok(actor) => actor,
-        Err(error) => {
-            // Logged for operators; never the token itself.
-            slog::info!(logger, "request refused: not authenticated"; "reason" => %error);
-            return ApiError::from(error).error_response();
-        }
+    let (attempt, logger) = match super::admit(&request, &state) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.error_response(),
     };
-    let logger = logger.new(o!("actor" => actor.id.clone()));
-
-    let raw_id = request.match_info().get("id").unwrap_or_default();
-    let user_agent = request
-        .headers()
-        .get(header::USER_AGENT)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let attempt = Attempt::new(
-        actor,
-        RESOURCE_TYPE,
-        raw_id,
-        request_id.0,
-        ip,
-        user_agent.as_deref(),
-    );
-
     match handle(&request, payload, &state, &attempt, &logger).await {
         Ok(response) => response,
-        Err(error) => {
-            match &error {
-                ApiError::Unavailable(cause) => {
-                    slog::warn!(logger, "database unavailable; nothing written"; "error" => %cause)
-                }
-                ApiError::Internal(cause) => {
-                    slog::error!(logger, "internal error; nothing written"; "error" => format!("{cause:#}"))
-                }
-                _ => {}
-            }
-            error.error_response()
-        }
+        Err(error) => super::fail(&logger, &error),
     }
 }
 
@@ -101,90 +85,162 @@ async fn handle(
     attempt: &Attempt,
     logger: &Logger,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, command) = match parse(request, payload, state.max_body_bytes).await {
-        Ok(parsed) => parsed,
-        Err(refusal) => {
-            let verb = refusal.action.map_or("unknown", ActionName::as_str);
-            return reject(state, attempt, verb, refusal.details, refusal.error, logger).await;
-        }
+    let body = match read_body(request, payload, state.max_body_bytes).await {
+        Ok(body) => body,
+        Err(error) => return reject(state, attempt, "unknown", json_object(), error, logger).await,
     };
-    // From here on the event names the account by its canonical id, so that
-    // every record of one account carries the same text whatever letter case
-    // the client used.
-    let attempt = &Attempt {
-        resource_id: id.to_string(),
-        ..attempt.clone()
+    let parsed = parse(request, &body);
+    // What the event of a refusal names: the action and its validated
+    // params, as far as the body got.
+    let (verb, details) = match &parsed {
+        Ok((_, command)) => (command.action().as_str(), command.details()),
+        Err(refusal) => (
+            refusal.action.map_or("unknown", ActionName::as_str),
+            refusal.details.clone(),
+        ),
     };
-    let verb = command.action().as_str();
+    let key = match request.headers().get(idempotency::HEADER) {
+        None => None,
+        Some(value) => match IdempotencyKey::parse(value) {
+            Some(key) => Some(key),
+            None => {
+                let error = ApiError::InvalidIdempotencyKey;
+                return reject(state, attempt, verb, details, error, logger).await;
+            }
+        },
+    };
 
     let mut tx = state.pool.begin().await?;
-    let changed = match &command {
-        Command::Open { name } => accounts::open(&mut tx, id, name).await,
-        Command::Rename { name } => accounts::rename(&mut tx, id, name).await,
-        Command::Suspend { .. } => accounts::transition(&mut tx, id, Transition::Suspend).await,
-        Command::Reactivate => accounts::transition(&mut tx, id, Transition::Reactivate).await,
-        Command::Close { .. } => accounts::transition(&mut tx, id, Transition::Close).await,
-    };
-    let account = match changed {
-        Ok(account) => account,
-        Err(ChangeError::Database(error)) => return Err(ApiError::Unavailable(error)),
-        Err(refusal) => {
-            // Nothing was changed, but the row lock is released before the
-            // refusal is recorded on its own.
-            tx.rollback().await?;
-            let error = ApiError::from(refusal);
-            return reject(state, attempt, verb, command.details(), error, logger).await;
+    let stored_as = match key {
+        None => None,
+        Some(key) => {
+            let hash = idempotency::request_hash(
+                request.method().as_str(),
+                request.uri().path_and_query().map_or("", |pq| pq.as_str()),
+                &body,
+            );
+            match check_key(&mut tx, state, attempt, &key, &hash).await? {
+                KeyCheck::Fresh => Some((key, hash)),
+                KeyCheck::Replay(reply) => {
+                    tx.rollback().await?;
+                    slog::info!(logger, "idempotent replay"; "status" => reply.status.as_u16());
+                    return Ok(reply.to_replay());
+                }
+                KeyCheck::Refused(error) => {
+                    tx.rollback().await?;
+                    return reject(state, attempt, verb, details, error, logger).await;
+                }
+            }
         }
     };
 
-    let event = attempt.succeeded(verb, account.version, command.details());
+    let (event, reply) = match parsed {
+        Err(refusal) => {
+            let event_error = refusal.error.audit_error();
+            let Some(event_error) = event_error else {
+                return Err(refusal.error);
+            };
+            let event = attempt.rejected(verb, event_error, details);
+            (event, refusal.error.to_reply())
+        }
+        Ok((id, command)) => {
+            // From here on the event names the account by its canonical id,
+            // so that every record of one account carries the same text
+            // whatever letter case the client used.
+            let attempt = &Attempt {
+                resource_id: id.to_string(),
+                ..attempt.clone()
+            };
+            let mut change = tx.begin().await?;
+            match apply(&mut change, id, &command).await {
+                Ok(account) => {
+                    change.commit().await?;
+                    let event = attempt.succeeded(verb, account.version, details);
+                    let status = match command {
+                        Command::Open { .. } => StatusCode::CREATED,
+                        _ => StatusCode::OK,
+                    };
+                    let body = serde_json::to_vec(&Success {
+                        account: &account,
+                        event_id: event.event_id,
+                    })
+                    .map_err(|e| ApiError::Internal(e.into()))?;
+                    (event, Reply::json(status, "application/json", body))
+                }
+                Err(ChangeError::Database(error)) => return Err(ApiError::Unavailable(error)),
+                Err(refusal) => {
+                    change.rollback().await?;
+                    let error = ApiError::from(refusal);
+                    let event_error = error
+                        .audit_error()
+                        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("unaudited refusal")))?;
+                    (
+                        attempt.rejected(verb, event_error, details),
+                        error.to_reply(),
+                    )
+                }
+            }
+        }
+    };
+
     audit::record(&mut tx, &event).await.map_err(record_error)?;
+    if let Some((key, hash)) = &stored_as {
+        idempotency::store(&mut tx, &attempt.actor, key, hash, &reply).await?;
+    }
     tx.commit().await?;
     state.outbox_written.notify_one();
 
-    slog::info!(logger, "account changed";
-        "action" => &event.action, "account_id" => %account.id,
-        "version" => account.version, "event_id" => %event.event_id);
-    let status = match command {
-        Command::Open { .. } => StatusCode::CREATED,
-        _ => StatusCode::OK,
-    };
-    Ok(HttpResponse::build(status).json(Success {
-        account: &account,
-        event_id: event.event_id,
-    }))
+    slog::info!(logger, "attempt recorded";
+        "action" => &event.action, "resource_id" => &event.resource.id,
+        "outcome" => event.outcome.as_str(), "status" => reply.status.as_u16(),
+        "sequence" => event.sequence, "event_id" => %event.event_id,
+        "idempotency_key" => stored_as.is_some());
+    Ok(reply.to_response())
 }
 
-/// Records a refused attempt in its own transaction, then answers with the
-/// refusal. If the record cannot be written the client gets 503 instead:
-/// a 4xx must never be sent without its event.
-async fn reject(
+/// What a key says about this request.
+enum KeyCheck {
+    /// Never used (or expired): run the request and store its response.
+    Fresh,
+    /// The same request was answered before: send that answer again.
+    Replay(Reply),
+    /// The key is busy (409) or was used for another request (422).
+    Refused(ApiError),
+}
+
+/// Takes the key's lock in `tx` and looks for a stored response.
+async fn check_key(
+    tx: &mut PgConnection,
     state: &AppState,
     attempt: &Attempt,
-    verb: &str,
-    details: serde_json::Value,
-    error: ApiError,
-    logger: &Logger,
-) -> Result<HttpResponse, ApiError> {
-    let Some(event_error) = error.audit_error() else {
-        return Err(error);
-    };
-    let event = attempt.rejected(verb, event_error, details);
-    let mut tx = state.pool.begin().await?;
-    audit::record(&mut tx, &event).await.map_err(record_error)?;
-    tx.commit().await?;
-    state.outbox_written.notify_one();
-    slog::info!(logger, "attempt rejected";
-        "action" => &event.action, "resource_id" => &attempt.resource_id,
-        "code" => error.code(), "event_id" => %event.event_id);
-    Ok(error.error_response())
+    key: &IdempotencyKey,
+    hash: &[u8; 32],
+) -> Result<KeyCheck, ApiError> {
+    let lock = idempotency::lock_id(&attempt.actor, key);
+    if !idempotency::try_lock(tx, lock).await? {
+        return Ok(KeyCheck::Refused(ApiError::IdempotencyKeyInFlight));
+    }
+    let stored = idempotency::find(tx, &attempt.actor, key, state.idempotency_key_ttl).await?;
+    Ok(match stored {
+        None => KeyCheck::Fresh,
+        Some(stored) if stored.request_hash == hash.as_slice() => KeyCheck::Replay(stored.reply),
+        Some(_) => KeyCheck::Refused(ApiError::IdempotencyKeyReused),
+    })
 }
 
-fn record_error(error: RecordError) -> ApiError {
-    match error {
-        RecordError::Database(error) => ApiError::Unavailable(error),
-        invalid @ RecordError::Invalid(_) => ApiError::Internal(invalid.into()),
+/// The domain change of a command, in the caller's transaction.
+async fn apply(tx: &mut PgConnection, id: Uuid, command: &Command) -> Result<Account, ChangeError> {
+    match command {
+        Command::Open { name } => accounts::open(tx, id, name).await,
+        Command::Rename { name } => accounts::rename(tx, id, name).await,
+        Command::Suspend { .. } => accounts::transition(tx, id, Transition::Suspend).await,
+        Command::Reactivate => accounts::transition(tx, id, Transition::Reactivate).await,
+        Command::Close { .. } => accounts::transition(tx, id, Transition::Close).await,
     }
+}
+
+fn json_object() -> serde_json::Value {
+    serde_json::json!({})
 }
 
 /// A request refused before it reached the accounts.
@@ -200,28 +256,21 @@ impl Refusal {
     fn before_command(error: ApiError) -> Refusal {
         Refusal {
             action: None,
-            details: serde_json::json!({}),
+            details: json_object(),
             error,
         }
     }
 }
 
 /// Turns the request into an account id and a valid command, in the order
-/// of the checks: size, content type, body, id.
-async fn parse(
-    request: &HttpRequest,
-    payload: web::Payload,
-    limit: usize,
-) -> Result<(Uuid, Command), Refusal> {
-    let body = read_body(request, payload, limit)
-        .await
-        .map_err(Refusal::before_command)?;
+/// of the checks: content type, body, id.
+fn parse(request: &HttpRequest, body: &[u8]) -> Result<(Uuid, Command), Refusal> {
     if !is_json(request) {
         return Err(Refusal::before_command(ApiError::UnsupportedMediaType));
     }
-    let command = command::parse(&body).map_err(|e| Refusal {
+    let command = command::parse(body).map_err(|e| Refusal {
         action: e.action,
-        details: serde_json::json!({}),
+        details: json_object(),
         error: match e.kind {
             BodyErrorKind::Malformed(detail) => ApiError::MalformedJson(detail),
             BodyErrorKind::InvalidAction(detail) => ApiError::InvalidAction(detail),
@@ -235,16 +284,6 @@ async fn parse(
         error: ApiError::InvalidId,
     })?;
     Ok((id, command))
-}
-
-/// Only the hyphenated 36-character form: the braced, URN and unhyphenated
-/// spellings `Uuid::try_parse` also takes would give one account several
-/// names in the URL space.
-fn parse_account_id(raw: &str) -> Option<Uuid> {
-    if raw.len() != 36 {
-        return None;
-    }
-    Uuid::try_parse(raw).ok()
 }
 
 /// The body, up to `limit` bytes.
@@ -313,22 +352,6 @@ fn is_json(request: &HttpRequest) -> bool {
 mod tests {
     use super::*;
     use actix_web::test::TestRequest;
-
-    #[test]
-    fn account_ids_must_be_hyphenated_uuids() {
-        let id = "0192f1c2-7d3e-7a10-8b2c-1234567890ab";
-        assert!(parse_account_id(id).is_some());
-        assert_eq!(parse_account_id(&id.to_uppercase()), parse_account_id(id));
-        for bad in [
-            "0192f1c27d3e7a108b2c1234567890ab",
-            "{0192f1c2-7d3e-7a10-8b2c-1234567890ab}",
-            "urn:uuid:0192f1c2-7d3e-7a10-8b2c-1234567890ab",
-            "0192f1c2-7d3e-7a10-8b2c-1234567890a",
-            "",
-        ] {
-            assert!(parse_account_id(bad).is_none(), "{bad}");
-        }
-    }
 
     #[test]
     fn json_content_types_are_recognized_strictly() {

@@ -34,6 +34,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 fn not_ready(detail: &str) -> HttpResponse {
     HttpResponse::ServiceUnavailable()
         .content_type(crate::error::PROBLEM_JSON)
+        // Like every other `unavailable` problem.
+        .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
         .json(json!({
             "type": "about:blank",
             "title": "Service Unavailable",

@@ -208,3 +208,118 @@ async fn authentication_comes_before_every_other_check() {
     assert_eq!(response.status(), 401);
     assert_eq!(app.outbox_count().await, 0);
 }
+
+#[tokio::test]
+async fn a_token_announcing_another_algorithm_family_is_401() {
+    let app = spawn_app().await;
+    let claims = json!({"sub": "alice", "exp": now() + 600});
+    // The classic confusion: RS256 in the header, signed with the HMAC
+    // secret as if it were a public key.
+    for alg in ["RS256", "ES256", "PS256", "EdDSA", "HS256 "] {
+        let header = json!({"alg": alg, "typ": "JWT"});
+        let signing_input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let genuine = sign(&claims, Algorithm::HS256, SECRET.as_bytes());
+        let signature = genuine.rsplit('.').next().unwrap();
+        expect_unauthorized(&app, Some(format!("Bearer {signing_input}.{signature}"))).await;
+    }
+}
+
+#[tokio::test]
+async fn exp_has_a_small_leeway_and_no_more() {
+    let app = spawn_app().await;
+    let just_expired = sign(
+        &json!({"sub": "alice", "exp": now() - 5}),
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+    );
+    let response = app
+        .client
+        .post(app.actions_url(&Uuid::new_v4().to_string()))
+        .bearer_auth(&just_expired)
+        .header("content-type", "application/json")
+        .body(json!({"action": "open", "params": {"name": "Acme"}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let long_expired = sign(
+        &json!({"sub": "alice", "exp": now() - 120}),
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+    );
+    let response = app
+        .client
+        .get(app.account_url(&Uuid::new_v4().to_string()))
+        .bearer_auth(&long_expired)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+/// A slog drain that keeps every record as a line of JSON.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn tokens_never_reach_the_logs() {
+    use slog::Drain;
+    let captured = Captured::default();
+    let drain = slog_json::Json::default(captured.clone()).fuse();
+    let logger = slog::Logger::root(std::sync::Mutex::new(drain).fuse(), slog::o!());
+    let app = crate::helpers::spawn_app_logging_to(|_| {}, logger).await;
+
+    let valid = app.token("alice");
+    let forged = sign(
+        &json!({"sub": "alice", "exp": now() + 600}),
+        Algorithm::HS256,
+        b"another-secret-another-secret-000",
+    );
+    let expired = sign(
+        &json!({"sub": "alice", "exp": now() - 3600}),
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+    );
+    for token in [&valid, &forged, &expired] {
+        app.client
+            .post(app.actions_url(&Uuid::new_v4().to_string()))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(json!({"action": "open", "params": {"name": "Acme"}}).to_string())
+            .send()
+            .await
+            .unwrap();
+        app.client
+            .get(app.account_url("nope"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+    }
+    app.stop().await;
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("not authenticated"), "{logs}");
+    for token in [&valid, &forged, &expired] {
+        // Neither the token nor any of its three parts.
+        for part in std::iter::once(token.as_str()).chain(token.split('.')) {
+            assert!(!logs.contains(part), "a token part is in the logs:\n{logs}");
+        }
+    }
+    assert!(!logs.contains(SECRET));
+}

@@ -35,6 +35,14 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the service after `adjust` has changed its configuration.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_logging_to(adjust, telemetry::test_logger()).await
+}
+
+/// Starts the service with its logs going to `logger`.
+pub async fn spawn_app_logging_to(
+    adjust: impl FnOnce(&mut Config),
+    logger: slog::Logger,
+) -> TestApp {
     let postgres = tokio::task::spawn_blocking(testkit::Postgres::start)
         .await
         .unwrap()
@@ -50,7 +58,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     .unwrap();
     adjust(&mut config);
 
-    let application = Application::build(config.clone(), telemetry::test_logger())
+    let application = Application::build(config.clone(), logger)
         .await
         .expect("building the application");
     let port = application.port();
@@ -154,6 +162,20 @@ impl TestApp {
             .await;
         assert_eq!(response.status().as_u16(), 201);
         id
+    }
+
+    pub fn account_url(&self, id: &str) -> String {
+        format!("{}/accounts/{id}", self.address)
+    }
+
+    /// `GET /accounts/{id}` with a valid token for `alice`.
+    pub async fn read(&self, id: impl ToString) -> reqwest::Response {
+        self.client
+            .get(self.account_url(&id.to_string()))
+            .bearer_auth(self.token("alice"))
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn stop(mut self) {
@@ -270,4 +292,80 @@ pub async fn problem(response: reqwest::Response) -> Value {
         assert!(body[field].is_string(), "{field} missing in {body}");
     }
     body
+}
+
+/// The OpenAPI document's promise for one answer of one operation:
+/// the status is documented, the content type is the documented one, the
+/// documented required headers are there and valid, and the body matches
+/// the documented schema. Returns the body.
+pub async fn conforms(
+    document: &Value,
+    method: &str,
+    path: &str,
+    response: reqwest::Response,
+) -> Value {
+    let status = response.status().as_u16().to_string();
+    let described = &document["paths"][path][method.to_ascii_lowercase()]["responses"][&status];
+    assert!(
+        described.is_object(),
+        "{method} {path}: status {status} is not documented"
+    );
+    let resolve = |value: &Value| -> Value {
+        match value["$ref"].as_str() {
+            Some(pointer) => document
+                .pointer(pointer.trim_start_matches('#'))
+                .cloned()
+                .unwrap(),
+            None => value.clone(),
+        }
+    };
+    let validator = |schema: &Value| {
+        // Refs inside the schema point into the document's components.
+        let root = serde_json::json!({
+            "components": document["components"],
+            "allOf": [schema],
+        });
+        jsonschema::validator_for(&root).unwrap()
+    };
+    for (name, header) in described["headers"].as_object().into_iter().flatten() {
+        let header = resolve(header);
+        let value = response.headers().get(name.as_str());
+        if header["required"] == true {
+            assert!(value.is_some(), "{method} {path} {status}: no {name}");
+        }
+        if let Some(value) = value {
+            let value = Value::String(value.to_str().unwrap().to_owned());
+            let validator = validator(&header["schema"]);
+            assert!(
+                validator.is_valid(&value),
+                "{method} {path} {status}: {name} {value}"
+            );
+        }
+    }
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let media_type = content_type.split(';').next().unwrap().trim().to_owned();
+    let content = &described["content"][&media_type];
+    assert!(
+        content.is_object(),
+        "{method} {path} {status}: content type {content_type} is not documented"
+    );
+    let text = response.text().await.unwrap();
+    if media_type.ends_with("json") {
+        let body: Value = serde_json::from_str(&text).unwrap();
+        let validator = validator(&content["schema"]);
+        let errors: Vec<String> = validator
+            .iter_errors(&body)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {path} {status}: {body} does not match: {errors:?}"
+        );
+        body
+    } else {
+        Value::String(text)
+    }
 }

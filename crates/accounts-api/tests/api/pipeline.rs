@@ -84,6 +84,8 @@ impl Pipeline {
             ("RELAY_POLL_INTERVAL_MS", "100".to_owned()),
             ("LOG_LEVEL", "warn".to_owned()),
             ("LOG_FORMAT", "text".to_owned()),
+            // The load tests send thousands of requests from one actor.
+            ("RATE_LIMIT_PER_SECOND", "0".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

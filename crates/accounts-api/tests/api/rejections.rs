@@ -444,3 +444,55 @@ async fn unknown_routes_and_wrong_methods_are_problem_json_and_write_nothing() {
     problem(response).await;
     assert_eq!(app.outbox_count().await, 0);
 }
+
+#[tokio::test]
+async fn a_key_given_twice_or_deep_nesting_is_400_malformed_json() {
+    let app = spawn_app().await;
+    let id = Uuid::new_v4().to_string();
+    let deep = format!(
+        r#"{{"action":"open","params":{{"name":{}"x"{}}}}}"#,
+        "[".repeat(1000),
+        "]".repeat(1000)
+    );
+    for body in [
+        r#"{"action":"open","params":{"name":"A","name":"B"}}"#.to_owned(),
+        r#"{"action":"open","action":"rename","params":{"name":"A"}}"#.to_owned(),
+        r#"{"action":"open","params":{"name":"\ud800"}}"#.to_owned(),
+        deep,
+    ] {
+        let event = expect_rejected(
+            &app,
+            app.post(&id)
+                .header("content-type", "application/json")
+                .body(body),
+            400,
+            "malformed_json",
+            "account.unknown",
+        )
+        .await;
+        assert_eq!(event.details, json!({}));
+    }
+}
+
+#[tokio::test]
+async fn a_number_where_a_string_belongs_is_422_naming_the_problem() {
+    let app = spawn_app().await;
+    for body in [
+        json!({"action": "open", "params": {"name": 7}}),
+        json!({"action": "suspend", "params": {"reason": ["r"]}}),
+        json!({"action": "close", "params": {"reason": {"nested": "junk"}}}),
+    ] {
+        let response = json_request(&app, &Uuid::new_v4().to_string(), body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 422, "{body}");
+        let problem = problem(response).await;
+        assert_eq!(problem["code"], "invalid_params");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("invalid type"),
+            "{problem}"
+        );
+    }
+    assert_eq!(app.outbox_count().await, 3);
+}
