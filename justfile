@@ -80,6 +80,14 @@ token actor *args:
 verify n="1000" *args:
     AUTH_JWT_SECRET="${AUTH_JWT_SECRET:-{{dev_secret}}}" cargo run -q -p e2e -- --requests {{n}} {{args}}
 
+# Measure each part against what Postgres and the machine allow: bench/results/<date>.json and the table in docs/benchmarks.md (`just bench --quick`: a short check; `--help`)
+[positional-arguments]
+bench *args:
+    cargo build --release --locked -p accounts-api -p audit-consumer -p bench
+    @# perf only for --perf (a profile of phase 1); Debian packages it as linux-perf.
+    @if [[ " $* " == *" --perf "* ]] && ! command -v perf >/dev/null; then echo "bench: installing linux-perf for --perf" >&2; apt-get install -y linux-perf; fi
+    cargo run --release --locked -q -p bench -- "$@"
+
 # Regenerate .sqlx/ (the compile-time query data) after changing SQL or migrations
 prepare:
     bash scripts/prepare-sqlx
