@@ -92,7 +92,8 @@ impl Attempt {
             request: self.request.clone(),
             sequence,
             details,
-            traceparent: None,
+            // The request's span, so the consumer's spans join its trace.
+            traceparent: crate::trace::current_traceparent(),
         }
     }
 }
@@ -103,6 +104,7 @@ impl Attempt {
 pub async fn record(tx: &mut PgConnection, event: &AuditEvent) -> Result<(), RecordError> {
     event.validate().map_err(RecordError::Invalid)?;
     outbox::append(tx, event).await?;
+    crate::trace::annotate_event(event);
     Ok(())
 }
 

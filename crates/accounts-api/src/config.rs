@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::de::value::{Error as ValueError, StrDeserializer};
 use serde::Deserialize;
 use sqlx::postgres::PgConnectOptions;
+use telemetry::trace::TraceConfig;
 use telemetry::{LogFormat, LogLevel};
 
 /// Default values of the optional variables (DESIGN.md §6).
@@ -77,6 +78,9 @@ pub struct Config {
     /// `IDEMPOTENCY_KEY_TTL_HOURS`: how long a stored response is replayed.
     pub idempotency_key_ttl: Duration,
     pub relay: RelayConfig,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`,
+    /// `OTEL_TRACES_SAMPLER(_ARG)`: tracing is off unless an endpoint is set.
+    pub tracing: TraceConfig,
 }
 
 #[derive(Clone)]
@@ -223,6 +227,15 @@ impl Config {
         K: Into<String>,
         V: Into<String>,
     {
+        let vars: Vec<(String, String)> = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        let tracing =
+            TraceConfig::from_vars(vars.iter().cloned()).map_err(|e| ConfigError::Invalid {
+                var: e.var,
+                reason: e.reason,
+            })?;
         let raw = Raw::from_vars(vars)?;
         Ok(Config {
             database: raw.database()?,
@@ -259,6 +272,7 @@ impl Config {
                 )? * 3600,
             ),
             relay: raw.relay()?,
+            tracing,
         })
     }
 }

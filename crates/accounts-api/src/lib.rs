@@ -25,6 +25,8 @@
 //!   [`metrics`]: `/metrics`.
 //! - [`auth`]: bearer tokens; [`error`]: the one error type and its HTTP
 //!   mapping; [`request_id`]: the `X-Request-Id` middleware.
+//! - [`trace`]: the request's server span, the `traceparent` its event
+//!   carries, and the relay's publish spans.
 
 pub mod accounts;
 pub mod audit;
@@ -45,6 +47,7 @@ pub mod request_id;
 pub mod retention;
 mod routes;
 pub mod startup;
+pub mod trace;
 
 pub use auth::issue_token;
 pub use config::Config;

@@ -15,6 +15,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use telemetry::trace::Tracing;
+
 use crate::outbox::Backlog;
 
 /// The `Content-Type` of the exposition.
@@ -32,11 +34,20 @@ pub struct Metrics {
     receipts: AtomicU64,
     receipts_malformed: AtomicU64,
     deleted: AtomicU64,
+    /// Whose span export counters to show; disabled shows none.
+    tracing: Tracing,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         Metrics::default()
+    }
+
+    /// Shows the span export counters of `tracing` too
+    /// (`accounts_api_trace_…`, see `telemetry::trace::ExportStats`).
+    pub fn with_tracing(mut self, tracing: Tracing) -> Metrics {
+        self.tracing = tracing;
+        self
     }
 
     /// Rows published for the first time.
@@ -167,6 +178,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name} {value}");
             }
         }
+        self.tracing.render_metrics("accounts_api", &mut out);
         out
     }
 }

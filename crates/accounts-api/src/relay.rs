@@ -42,11 +42,13 @@ use std::time::Duration;
 use anyhow::Context;
 use slog::Logger;
 use sqlx::PgPool;
+use telemetry::trace::Tracing;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::outbox;
+use crate::trace::PublishSpans;
 
 /// The longest wait for a receipt before republishing, however many times a
 /// row was published (unless `RELAY_REPUBLISH_AFTER_SECS` is longer).
@@ -75,6 +77,8 @@ pub struct Settings {
     /// How long a published row waits for its receipt before it is
     /// published again; `None` takes nsqd's `OK` as the confirmation.
     pub republish_after: Option<Duration>,
+    /// Spans of each published batch; disabled makes none.
+    pub tracing: Tracing,
 }
 
 impl Settings {
@@ -109,6 +113,8 @@ pub async fn publish_once(
         return Ok(Published::default());
     }
 
+    // Ended when dropped: as failed on any early return below.
+    let mut spans = PublishSpans::start(&settings.tracing, &settings.topic, &rows);
     let mut parked = 0;
     while !rows.is_empty() {
         let bodies: Vec<&[u8]> = rows.iter().map(|row| row.payload.as_bytes()).collect();
@@ -127,6 +133,7 @@ pub async fn publish_once(
         let row = rows.remove(index);
         slog::error!(logger, "outbox row parked: nsqd can never accept it";
             "outbox_id" => row.id, "error" => &reason);
+        spans.parked(row.id, &reason);
         outbox::park(&mut tx, row.id, &reason)
             .await
             .context("parking an outbox row")?;
@@ -148,6 +155,7 @@ pub async fn publish_once(
     tx.commit()
         .await
         .context("committing published outbox rows")?;
+    spans.published();
     Ok(Published {
         claimed,
         published: ids.len() - republished,

@@ -13,6 +13,7 @@ use anyhow::Context;
 use slog::Logger;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use telemetry::trace::Tracing;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +22,7 @@ use crate::config::{Config, DatabaseConfig, ReceiptsConfig};
 use crate::metrics::Metrics;
 use crate::rate_limit::RateLimiter;
 use crate::routes::{self, AppState};
-use crate::{idempotency, limits, openapi, receipts, relay, request_id, retention};
+use crate::{idempotency, limits, openapi, receipts, relay, request_id, retention, trace};
 
 /// How long in-flight requests get to finish on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -62,6 +63,7 @@ pub struct Application {
     idempotency_key_ttl: Duration,
     outbox_written: Arc<Notify>,
     metrics: Arc<Metrics>,
+    tracing: Tracing,
     logger: Logger,
 }
 
@@ -90,8 +92,10 @@ impl Application {
             .context("reading the bound port")?
             .port();
 
+        let tracing = Tracing::start(&config.tracing, "accounts-api", &logger)
+            .context("could not start tracing")?;
         let outbox_written = Arc::new(Notify::new());
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new().with_tracing(tracing.clone()));
         let state = web::Data::new(AppState {
             pool: pool.clone(),
             verifier: Verifier::new(&config.auth),
@@ -104,13 +108,17 @@ impl Application {
             metrics: metrics.clone(),
             logger: logger.clone(),
         });
+        let tracing_data = web::Data::new(tracing.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(tracing_data.clone())
                 // The last wrapped runs first: every answer, the limits'
-                // refusals included, carries the request id.
+                // refusals included, carries the request id, and the
+                // request's span covers them all and records that id.
                 .wrap(from_fn(limits::middleware))
                 .wrap(from_fn(request_id::middleware))
+                .wrap(from_fn(trace::middleware))
                 .configure(routes::configure)
         })
         // Signals are the caller's business (the shutdown token), not actix's.
@@ -131,6 +139,7 @@ impl Application {
                 batch_size: config.relay.batch_size,
                 poll_interval: config.relay.poll_interval,
                 republish_after: config.relay.republish_after,
+                tracing: tracing.clone(),
             },
             receipts: config.relay.receipts.clone(),
             retention: config.relay.retention,
@@ -146,6 +155,7 @@ impl Application {
             idempotency_key_ttl: config.idempotency_key_ttl,
             outbox_written,
             metrics,
+            tracing,
             logger,
         })
     }
@@ -165,6 +175,7 @@ impl Application {
             idempotency_key_ttl,
             outbox_written,
             metrics,
+            tracing,
             logger,
             ..
         } = self;
@@ -228,6 +239,8 @@ impl Application {
             .await
             .context("the idempotency key expiry task panicked")?;
         pool.close().await;
+        // The spans of the last requests and batches go out before the end.
+        tracing.shutdown(&logger).await;
         served
             .context("the HTTP server task panicked")?
             .context("the HTTP server failed")?;

@@ -27,6 +27,8 @@ use std::time::Duration;
 use audit_event::AuditEvent;
 use slog::{debug, error, info, o, warn, Logger};
 use sqlx::PgPool;
+use telemetry::opentelemetry::context::FutureExt as _;
+use telemetry::trace::Tracing;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +37,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::receipts::Receipts;
 use crate::store::{self, DatabaseError, DeadLetter, Failure};
+use crate::trace;
 
 /// A batch transaction that takes longer than this is abandoned and treated
 /// as a database outage. Its messages are touched meanwhile, so nsqd's
@@ -129,6 +132,8 @@ pub struct Writer<'a> {
     /// Where the event ids of each committed batch go (delivery receipts);
     /// `None` when receipts are off.
     pub receipts: Option<&'a Receipts>,
+    /// Spans of batches and events; disabled makes none.
+    pub tracing: &'a Tracing,
     pub logger: &'a Logger,
 }
 
@@ -245,7 +250,19 @@ impl Writer<'_> {
                 }
                 break;
             }
-            let report = self.write_batch(batch, &mut inbox, &stop).await;
+            // The batch's span is current while it is written: its log
+            // lines carry the span's ids, and event spans link to it.
+            let report = match trace::start_batch(self.tracing, batch.len()) {
+                Some(cx) => {
+                    let report = self
+                        .write_batch(batch, &mut inbox, &stop)
+                        .with_context(cx.clone())
+                        .await;
+                    trace::end_batch(&cx, &report);
+                    report
+                }
+                None => self.write_batch(batch, &mut inbox, &stop).await,
+            };
             debug!(self.logger, "batch done";
                 "received" => report.received, "inserted" => report.inserted,
                 "stored" => report.stored, "dead_lettered" => report.dead_lettered,
@@ -433,6 +450,20 @@ impl Writer<'_> {
                 _ => warn!(log, "database unavailable, requeueing the batch"),
             }
         }
+
+        trace::record_events(
+            self.tracing,
+            items.iter().zip(&answers).filter_map(|(item, answer)| {
+                let Content::Event(event) = &item.content else {
+                    return None;
+                };
+                let fate = match answer {
+                    Answer::Finish => trace::Fate::Stored,
+                    Answer::Requeue(_) | Answer::Undecided => trace::Fate::Requeued,
+                };
+                Some((&item.message, event.as_ref(), fate))
+            }),
+        );
 
         // Events now in audit_logs, stored by this batch or before it.
         let mut stored_ids = Vec::new();

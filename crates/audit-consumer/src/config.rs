@@ -16,6 +16,7 @@ use serde::de::value::{Error as ValueError, StrDeserializer};
 use serde::de::{DeserializeOwned, IntoDeserializer};
 use serde::Deserialize;
 use sqlx::postgres::PgConnectOptions;
+use telemetry::trace::TraceConfig;
 use telemetry::{LogFormat, LogLevel};
 
 /// The defaults, written as an operator would write them, in one place.
@@ -92,6 +93,9 @@ pub struct Config {
     /// `NSQ_RECEIPTS_TOPIC`, where delivery receipts are published (to
     /// `NSQD_TCP_ADDRESS`); `None` when `RECEIPTS_ENABLED` is false.
     pub receipts_topic: Option<nsq::Topic>,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`,
+    /// `OTEL_TRACES_SAMPLER(_ARG)`: tracing is off unless an endpoint is set.
+    pub tracing: TraceConfig,
 }
 
 impl fmt::Debug for Config {
@@ -114,6 +118,7 @@ impl fmt::Debug for Config {
             .field("batch_size", &self.batch_size)
             .field("batch_max_wait", &self.batch_max_wait)
             .field("receipts_topic", &self.receipts_topic)
+            .field("tracing", &self.tracing)
             .finish()
     }
 }
@@ -174,13 +179,18 @@ impl Config {
         K: Into<String>,
         V: Into<String>,
     {
-        let vars = vars.into_iter().map(|(k, v)| (k.into(), v.into()));
+        let vars: Vec<(String, String)> = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        let tracing =
+            TraceConfig::from_vars(vars.iter().cloned()).map_err(|e| invalid(e.var, e.reason))?;
         let raw: RawConfig = envy::from_iter(vars)
             .map_err(|e| ConfigError::Environment(one_line(&e.to_string())))?;
-        Config::parse(raw)
+        Config::parse(raw, tracing)
     }
 
-    fn parse(raw: RawConfig) -> Result<Config, ConfigError> {
+    fn parse(raw: RawConfig, tracing: TraceConfig) -> Result<Config, ConfigError> {
         let database_url = match set(raw.database_url) {
             Some(url) => {
                 // Parse now so a typo stops the service at start rather than
@@ -319,6 +329,7 @@ impl Config {
                 false => None,
             },
             batch_size,
+            tracing,
             batch_max_wait: Duration::from_millis(number(
                 "BATCH_MAX_WAIT_MS",
                 raw.batch_max_wait_ms,
@@ -474,6 +485,31 @@ mod tests {
             config.receipts_topic.as_ref().map(nsq::Topic::as_str),
             Some("audit.receipts")
         );
+        assert!(!config.tracing.is_enabled());
+    }
+
+    #[test]
+    fn tracing_is_configured_by_the_standard_otel_variables() {
+        let config = parse(&[
+            URL,
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4318"),
+            ("OTEL_SERVICE_NAME", "audit-consumer-2"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.tracing.traces_url().as_deref(),
+            Some("http://jaeger:4318/v1/traces")
+        );
+        assert_eq!(
+            config.tracing.service_name.as_deref(),
+            Some("audit-consumer-2")
+        );
+        assert_eq!(
+            config.tracing.sampler.to_string(),
+            "parentbased_traceidratio(0.5)"
+        );
     }
 
     #[test]
@@ -536,6 +572,8 @@ mod tests {
             ("BATCH_SIZE", "ten"),
             ("BATCH_MAX_WAIT_MS", "-1"),
             ("BATCH_MAX_WAIT_MS", "60000"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "jaeger:4318"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
         ] {
             let err = error(&[URL, (name, value)]);
             assert!(err.starts_with(&format!("{name} is invalid: ")), "{err}");

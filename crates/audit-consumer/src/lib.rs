@@ -21,6 +21,8 @@
 //! - [`dead_letters`]: the `dead-letters list | replay` subcommands.
 //! - [`receipts`]: delivery receipts, the event ids of each committed batch
 //!   published for the accounts API's relay.
+//! - [`trace`]: the spans of each batch and of each event, continuing the
+//!   trace of the API request that made the event.
 
 pub mod batch;
 pub mod config;
@@ -30,6 +32,7 @@ pub mod metrics;
 pub mod receipts;
 pub mod startup;
 pub mod store;
+pub mod trace;
 
 pub use config::{Config, ConfigError};
 pub use startup::{migrator, Application, MisconfiguredDatabase};

@@ -12,10 +12,14 @@
 //!
 //! Counters only grow (`_total`), from process start; Prometheus handles the
 //! reset at a restart. Gauges (connections, paused) are read when scraped.
+//! With tracing on, the span export counters follow
+//! (`audit_consumer_trace_…`, see `telemetry::trace::ExportStats`).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use telemetry::trace::Tracing;
 
 use crate::store::Failure;
 
@@ -57,6 +61,8 @@ pub struct Metrics {
     store_failures: [AtomicU64; FAILURES.len()],
     batch_size: Histogram,
     store_seconds: Histogram,
+    /// Whose span export counters to show; disabled shows none.
+    tracing: Tracing,
 }
 
 /// Values read at scrape time rather than counted.
@@ -88,7 +94,14 @@ impl Metrics {
             store_failures: Default::default(),
             batch_size: Histogram::new(BATCH_SIZE_BUCKETS),
             store_seconds: Histogram::new(STORE_SECONDS_BUCKETS),
+            tracing: Tracing::disabled(),
         }
+    }
+
+    /// Shows the span export counters of `tracing` too.
+    pub fn with_tracing(mut self, tracing: Tracing) -> Metrics {
+        self.tracing = tracing;
+        self
     }
 
     /// Messages taken from nsqd.
@@ -233,6 +246,7 @@ impl Metrics {
             header(&mut out, name, help, "gauge");
             let _ = writeln!(out, "{name} {value}");
         }
+        self.tracing.render_metrics("audit_consumer", &mut out);
         out
     }
 }

@@ -11,6 +11,7 @@ use anyhow::Context;
 use slog::{info, o, warn, Logger};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use telemetry::trace::Tracing;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -147,6 +148,7 @@ pub struct Application {
     settings: Settings,
     /// The delivery receipts' handle and publishing task, unless turned off.
     receipts: Option<(Receipts, JoinHandle<()>)>,
+    tracing: Tracing,
     logger: Logger,
 }
 
@@ -181,7 +183,9 @@ impl Application {
             Receipts::start(producer, topic, logger.new(o!("component" => "receipts")))
         });
 
-        let metrics = Arc::new(Metrics::new());
+        let tracing = Tracing::start(&config.tracing, "audit-consumer", &logger)
+            .context("could not start tracing")?;
+        let metrics = Arc::new(Metrics::new().with_tracing(tracing.clone()));
         let state = web::Data::new(health::State {
             pool: pool.clone(),
             consumer: Arc::clone(&consumer),
@@ -210,6 +214,7 @@ impl Application {
             metrics,
             settings: Settings::from_config(&config),
             receipts,
+            tracing,
             logger,
         })
     }
@@ -232,6 +237,7 @@ impl Application {
             metrics,
             settings,
             receipts,
+            tracing,
             logger,
         } = self;
         let (receipts, receipts_task) = receipts.unzip();
@@ -249,6 +255,7 @@ impl Application {
                 metrics: &metrics,
                 settings,
                 receipts: receipts.as_ref(),
+                tracing: &tracing,
                 logger: &writer_logger,
             };
             let writer = batch_writer.run(&mut messages, &stop);
@@ -304,6 +311,8 @@ impl Application {
             warn!(logger, "database connections still busy at shutdown; leaving them";
                 "waited_ms" => POOL_CLOSE_TIMEOUT.as_millis());
         }
+        // The spans of the last batches go out before the process ends.
+        tracing.shutdown(&logger).await;
         info!(logger, "audit consumer stopped");
 
         if let Some(server_result) = server_ended_first {

@@ -51,6 +51,7 @@ pub fn settings(batch_size: u32) -> Settings {
         batch_size,
         poll_interval: Duration::from_millis(50),
         republish_after: Some(Duration::from_secs(60)),
+        tracing: telemetry::trace::Tracing::disabled(),
     }
 }
 
