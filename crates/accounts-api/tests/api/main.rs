@@ -11,6 +11,7 @@ mod auth;
 mod cli;
 mod concurrency;
 mod delivery;
+mod fuzz;
 mod health;
 mod helpers;
 mod idempotency;
