@@ -23,9 +23,9 @@ check:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
 
-# Every test, against real PostgreSQL and nsqd processes (TEST_LOG=1 to see logs)
+# Every test, against real PostgreSQL and nsqd processes (TEST_LOG=1 to see logs; `just test fuzz` runs the matching tests)
 test *args:
-    cargo test --workspace --locked {{args}}
+    cargo test --workspace --locked --no-fail-fast {{args}}
 
 # The whole stack without Docker: Postgres, nsqlookupd, nsqd, nsqadmin, both services (Ctrl-C stops all)
 dev:

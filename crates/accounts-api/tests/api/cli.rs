@@ -129,5 +129,5 @@ async fn migrate_applies_the_schema_and_tolerates_another_services_migrations() 
             "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'",
         )
         .unwrap();
-    assert_eq!(tables, "_sqlx_migrations,accounts,outbox");
+    assert_eq!(tables, "_sqlx_migrations,accounts,idempotency_keys,outbox");
 }
