@@ -1,8 +1,9 @@
 //! Phase 1: API throughput against the database limit.
 //!
-//! pgbench runs the API's own transaction (lock the account, update it,
-//! append the outbox row) at the API's pool size: that is what Postgres
-//! allows for it on this machine. Then the real API, as deployed (relay on,
+//! pgbench runs the API's own transaction, statement for statement (see
+//! [`crate::pgbench::script`]: lock the account, update it, append the
+//! outbox row) at the API's pool size: that is what Postgres allows for it
+//! on this machine. Then the real API, as deployed (relay on,
 //! publishing to nsqd), takes a closed-loop HTTP load of renames at the same
 //! concurrency. The ratio is accepted requests per second over pgbench's
 //! transactions per second. The same load against the API with its relay
