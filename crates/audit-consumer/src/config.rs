@@ -33,6 +33,7 @@ mod defaults {
     pub const NSQ_MAX_IN_FLIGHT: &str = "500";
     pub const NSQ_MAX_ATTEMPTS: &str = "10";
     pub const NSQ_MSG_TIMEOUT_MS: &str = "60000";
+    pub const NSQ_OUTPUT_BUFFER_TIMEOUT_MS: &str = "25";
     pub const NSQD_TCP_ADDRESS: &str = "127.0.0.1:4150";
     pub const BATCH_SIZE: &str = "500";
     pub const BATCH_MAX_WAIT_MS: &str = "20";
@@ -53,6 +54,11 @@ const MAX_IN_FLIGHT_LIMIT: u16 = 2500;
 /// `--max-msg-timeout` (15 minutes by default); either would make every
 /// connection fail.
 const MSG_TIMEOUT_RANGE_MS: RangeInclusive<u64> = 1_000..=900_000;
+
+/// nsqd refuses an IDENTIFY whose `output_buffer_timeout` is outside its
+/// `--min-output-buffer-timeout` (25 ms by default) and
+/// `--max-output-buffer-timeout` (30 s by default).
+const OUTPUT_BUFFER_TIMEOUT_RANGE_MS: RangeInclusive<u64> = 25..=30_000;
 
 /// Everything the consumer needs to know from its environment, valid.
 #[derive(Clone)]
@@ -82,6 +88,12 @@ pub struct Config {
     /// (IDENTIFY) rather than left to nsqd's `--msg-timeout`, so the batch
     /// writer knows how often to TOUCH the messages it holds.
     pub nsq_msg_timeout: Duration,
+    /// `NSQ_OUTPUT_BUFFER_TIMEOUT_MS`: how long nsqd may hold messages in
+    /// its write buffer before flushing them to us. nsqd's own default,
+    /// 250 ms, is the latency it adds to every message at low rates (the
+    /// buffer flushes early only once 16 KiB are waiting); 25 ms, nsqd's
+    /// minimum, keeps that within the batch writer's own wait.
+    pub nsq_output_buffer_timeout: Duration,
     /// `NSQD_TCP_ADDRESS`: the nsqd that `dead-letters replay` publishes to;
     /// when unset, the first of `NSQD_TCP_ADDRESSES`, else 127.0.0.1:4150.
     pub nsqd_tcp_address: String,
@@ -114,6 +126,7 @@ impl fmt::Debug for Config {
             .field("nsq_max_in_flight", &self.nsq_max_in_flight)
             .field("nsq_max_attempts", &self.nsq_max_attempts)
             .field("nsq_msg_timeout", &self.nsq_msg_timeout)
+            .field("nsq_output_buffer_timeout", &self.nsq_output_buffer_timeout)
             .field("nsqd_tcp_address", &self.nsqd_tcp_address)
             .field("batch_size", &self.batch_size)
             .field("batch_max_wait", &self.batch_max_wait)
@@ -151,6 +164,7 @@ struct RawConfig {
     nsq_max_in_flight: Option<String>,
     nsq_max_attempts: Option<String>,
     nsq_msg_timeout_ms: Option<String>,
+    nsq_output_buffer_timeout_ms: Option<String>,
     nsqd_tcp_address: Option<String>,
     batch_size: Option<String>,
     batch_max_wait_ms: Option<String>,
@@ -312,6 +326,12 @@ impl Config {
                 raw.nsq_msg_timeout_ms,
                 defaults::NSQ_MSG_TIMEOUT_MS,
                 MSG_TIMEOUT_RANGE_MS,
+            )?),
+            nsq_output_buffer_timeout: Duration::from_millis(number(
+                "NSQ_OUTPUT_BUFFER_TIMEOUT_MS",
+                raw.nsq_output_buffer_timeout_ms,
+                defaults::NSQ_OUTPUT_BUFFER_TIMEOUT_MS,
+                OUTPUT_BUFFER_TIMEOUT_RANGE_MS,
             )?),
             nsqd_tcp_address,
             receipts_topic: match text(
@@ -478,6 +498,7 @@ mod tests {
         assert_eq!(config.nsq_max_in_flight, 500);
         assert_eq!(config.nsq_max_attempts, 10);
         assert_eq!(config.nsq_msg_timeout, Duration::from_secs(60));
+        assert_eq!(config.nsq_output_buffer_timeout, Duration::from_millis(25));
         assert_eq!(config.nsqd_tcp_address, "127.0.0.1:4150");
         assert_eq!(config.batch_size, 500);
         assert_eq!(config.batch_max_wait, Duration::from_millis(20));
@@ -566,6 +587,8 @@ mod tests {
             ("NSQ_MAX_ATTEMPTS", "0"),
             ("NSQ_MSG_TIMEOUT_MS", "999"),
             ("NSQ_MSG_TIMEOUT_MS", "900001"),
+            ("NSQ_OUTPUT_BUFFER_TIMEOUT_MS", "24"),
+            ("NSQ_OUTPUT_BUFFER_TIMEOUT_MS", "30001"),
             ("NSQD_TCP_ADDRESS", "nsqd"),
             ("NSQD_TCP_ADDRESS", "127.0.0.1:4150,127.0.0.1:4152"),
             ("BATCH_SIZE", "0"),

@@ -170,6 +170,7 @@ impl Application {
         );
         nsq_config.max_in_flight = config.nsq_max_in_flight.into();
         nsq_config.msg_timeout = Some(config.nsq_msg_timeout);
+        nsq_config.output_buffer_timeout = Some(config.nsq_output_buffer_timeout);
         let nsq_logger = logger.new(o!("component" => "nsq"));
         let (consumer, messages) = nsq::Consumer::start(nsq_config, nsq_logger);
         let consumer = Arc::new(consumer);

@@ -12,7 +12,7 @@ usage: bench [--quick] [--out-dir DIR] [--docs FILE] [--bin-dir DIR] [--perf DIR
 
 Measures each part of the audit pipeline against what Postgres and the machine
 allow, side by side in one run: (1) API throughput vs pgbench running its
-transaction, (2) commit-to-stored latency at 50 % and 80 % of that, (3) the
+transaction, (2) commit-to-stored latency at 1 %, 50 % and 80 % of that, (3) the
 consumer draining a backlog vs a raw batched INSERT, (4) the relay draining an
 outbox backlog vs the raw claim-and-mark, (5) (3) with two consumers, (6) the
 services' peak RSS. Writes DIR/<date>.json and the table in FILE.

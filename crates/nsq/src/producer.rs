@@ -169,6 +169,8 @@ impl Producer {
             // the response timeout during one.
             heartbeat_interval: -1,
             msg_timeout: None,
+            // Publishing receives only responses, which nsqd flushes at once.
+            output_buffer_timeout: None,
         };
         let (connection, _negotiated) = Connection::open(
             &inner.address,

@@ -213,6 +213,10 @@ pub(crate) struct Identify<'a> {
     pub(crate) heartbeat_interval: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) msg_timeout: Option<u64>,
+    /// How long nsqd may hold messages in its write buffer before it
+    /// flushes them to us, in milliseconds; absent keeps nsqd's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) output_buffer_timeout: Option<u64>,
 }
 
 /// What nsqd told us in its IDENTIFY answer; nsqd's defaults when it said `OK`.
@@ -556,6 +560,7 @@ mod tests {
             feature_negotiation: true,
             heartbeat_interval: -1,
             msg_timeout: None,
+            output_buffer_timeout: None,
         };
         encode_identify(&mut out, &identify).unwrap();
         assert!(out.starts_with(b"IDENTIFY\n"));
@@ -565,6 +570,7 @@ mod tests {
         assert_eq!(json["heartbeat_interval"], -1);
         assert_eq!(json["feature_negotiation"], true);
         assert!(json.get("msg_timeout").is_none());
+        assert!(json.get("output_buffer_timeout").is_none());
     }
 
     #[test]

@@ -87,9 +87,8 @@ async fn subscribe(link: &Link) -> Result<(Connection, Negotiated), Error> {
         user_agent: &config.user_agent,
         feature_negotiation: true,
         heartbeat_interval: millis(config.heartbeat_interval),
-        msg_timeout: config
-            .msg_timeout
-            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        msg_timeout: config.msg_timeout.map(whole_millis),
+        output_buffer_timeout: config.output_buffer_timeout.map(whole_millis),
     };
     let (mut connection, negotiated) = Connection::open(
         &link.address,
@@ -110,6 +109,10 @@ async fn subscribe(link: &Link) -> Result<(Connection, Negotiated), Error> {
         .await
         .map_err(|_| Error::Timeout)??;
     Ok((connection, negotiated))
+}
+
+fn whole_millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn millis(duration: Duration) -> i64 {

@@ -61,6 +61,14 @@ pub struct ConsumerConfig {
     /// How long nsqd waits for FIN/REQ/TOUCH before redelivering a message;
     /// `None` keeps nsqd's `--msg-timeout`. At least 1 s.
     pub msg_timeout: Option<Duration>,
+    /// How long nsqd may keep messages in its write buffer (16 KiB) before
+    /// it flushes them to us; `None` keeps nsqd's `--output-buffer-timeout`
+    /// (250 ms by default). nsqd flushes early only when the buffer fills or
+    /// the connection's RDY is used up, so at low rates this is the latency
+    /// nsqd adds to each message. nsqd refuses values outside its
+    /// `--min-output-buffer-timeout` (25 ms by default) and
+    /// `--max-output-buffer-timeout` (30 s).
+    pub output_buffer_timeout: Option<Duration>,
     /// Reconnect delays start at `reconnect_backoff_min` and double up to this.
     pub reconnect_backoff_max: Duration,
     pub reconnect_backoff_min: Duration,
@@ -94,6 +102,7 @@ impl ConsumerConfig {
             max_in_flight: 100,
             heartbeat_interval: Duration::from_secs(30),
             msg_timeout: None,
+            output_buffer_timeout: None,
             reconnect_backoff_max: Duration::from_secs(30),
             reconnect_backoff_min: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(5),

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use nsq::Consumer;
+use testkit::{Nsqd, NsqdOptions};
 
 use crate::helpers::*;
 
@@ -296,4 +297,34 @@ async fn close_sends_the_answers_given_before_it() {
     assert_eq!(channel_count(&nsqd, "depth"), 0);
     // After close the way back is gone.
     assert!(message.fin().is_err());
+}
+
+/// nsqd buffers what it writes to a consumer and flushes when the buffer
+/// fills, when it sends a heartbeat, or when its `--output-buffer-timeout`
+/// ticks; a lone message waits for the first of those. Here both tick every
+/// 30 s unless the consumer asks for less.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_message_arrives_within_the_output_buffer_timeout_asked_for() {
+    let nsqd = Nsqd::start(NsqdOptions {
+        extra_args: vec!["--output-buffer-timeout=30s".to_owned()],
+        ..NsqdOptions::default()
+    })
+    .unwrap();
+    let mut config = direct_config(&[nsqd.tcp_address()]);
+    config.heartbeat_interval = Duration::from_secs(30);
+    config.output_buffer_timeout = Some(Duration::from_millis(25));
+    let (consumer, mut messages) = Consumer::start(config, telemetry::test_logger());
+    eventually("the consumer is subscribed", || async {
+        channel_clients(&nsqd).len() == 1
+    })
+    .await;
+
+    producer(&nsqd).publish(&topic(), b"prompt").await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(2), messages.recv())
+        .await
+        .expect("nsqd held the message for its own 30 s timeout")
+        .expect("the consumer stopped");
+    assert_eq!(&message.body[..], b"prompt");
+    message.fin().unwrap();
+    consumer.close().await;
 }
