@@ -10,11 +10,11 @@ export PATH := justfile_directory() + "/.tools/bin:" + env_var("PATH")
 # The development signing key of `just dev` and `just token`. Never use it elsewhere.
 dev_secret := "dev-only-secret-change-me-0123456789abcdef"
 
-# List the recipes
+[private]
 default:
     @just --list --unsorted
 
-# Install what tests and `just dev` need: PostgreSQL, NSQ (built with Go), just
+# Install what tests and `just dev` need: PostgreSQL, NSQ (built with Go), just, hadolint, schemathesis
 setup:
     bash scripts/setup
 
@@ -71,10 +71,18 @@ compose *args: _docker
 _docker:
     @command -v docker >/dev/null || { echo "docker is not installed; without Docker, run the stack with: just dev" >&2; exit 1; }
     @docker compose version >/dev/null 2>&1 || { echo "the docker compose plugin is missing (docker compose version failed); without Docker: just dev" >&2; exit 1; }
+    @docker info >/dev/null 2>&1 || { echo "no Docker engine answers (docker info failed: start Docker, or check DOCKER_HOST and your permissions); without Docker: just dev" >&2; exit 1; }
 
 # Print a development token for an actor (add --service for a service actor)
 token actor *args:
     @AUTH_JWT_SECRET="${AUTH_JWT_SECRET:-{{dev_secret}}}" cargo run -q -p accounts-api -- token {{actor}} {{args}}
+
+# The dead letters of the `just dev` stack: `just dead-letters list`, `just dead-letters replay 17 18` or `--all`
+[positional-arguments]
+dead-letters *args:
+    @DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:${DEV_PG_PORT:-15432}/audit}" \
+    NSQD_TCP_ADDRESS="${NSQD_TCP_ADDRESS:-127.0.0.1:${DEV_NSQD_TCP_PORT:-4150}}" \
+    LOG_FORMAT="${LOG_FORMAT:-text}" cargo run -q -p audit-consumer -- dead-letters "$@"
 
 # Send N mixed requests to the running `just dev` stack and check the audit trail they leave
 verify n="1000" *args:

@@ -47,7 +47,9 @@ enum Command {
 fn parse_args(args: &[String]) -> Result<Command, String> {
     match args {
         [] => Ok(Command::Serve),
-        [flag, ..] if flag == "--help" || flag == "-h" || flag == "help" => Ok(Command::Help),
+        [help, ..] if help == "help" => Ok(Command::Help),
+        // `--help` anywhere (`token --help`) asks for the help, never for an error.
+        _ if args.iter().any(|arg| arg == "--help" || arg == "-h") => Ok(Command::Help),
         [serve] if serve == "serve" => Ok(Command::Serve),
         [migrate] if migrate == "migrate" => Ok(Command::Migrate),
         [check] if check == "healthcheck" => Ok(Command::Healthcheck),
@@ -179,7 +181,7 @@ async fn migrate() -> ExitCode {
             Ok(settings) => settings,
             Err(error) => return config_error(&error),
         };
-    let (logger, _guard) = telemetry::init("accounts-api", level, format);
+    let (logger, _guard) = telemetry::init_for_command("accounts-api", level, format);
     let pool = startup::connect_pool(&database);
     let result = startup::migrate(&pool).await;
     pool.close().await;
@@ -298,6 +300,8 @@ mod tests {
         assert_eq!(parse_args(&args(&["serve"])), Ok(Command::Serve));
         assert_eq!(parse_args(&args(&["migrate"])), Ok(Command::Migrate));
         assert_eq!(parse_args(&args(&["--help"])), Ok(Command::Help));
+        assert_eq!(parse_args(&args(&["token", "--help"])), Ok(Command::Help));
+        assert_eq!(parse_args(&args(&["migrate", "-h"])), Ok(Command::Help));
         assert_eq!(
             parse_args(&args(&["healthcheck"])),
             Ok(Command::Healthcheck)

@@ -52,7 +52,14 @@ enum Command {
     ReplayDeadLetters(Selection),
 }
 
-fn parse_command(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
+fn parse_command(args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let args: Vec<String> = args.collect();
+    // `--help` anywhere (`dead-letters --help`, `dead-letters list -h`) asks
+    // for the help, never for an error.
+    if args.iter().any(|arg| arg == "--help" || arg == "-h") {
+        return Ok(Command::Help);
+    }
+    let mut args = args.into_iter();
     let command = match args.next().as_deref() {
         None | Some("serve") => Command::Serve,
         Some("migrate") => Command::Migrate,
@@ -143,7 +150,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIGURATION);
         }
     };
-    let (logger, _guard) = telemetry::init("audit-consumer", config.log_level, config.log_format);
+    let (logger, _guard) = if command == Command::Serve {
+        telemetry::init("audit-consumer", config.log_level, config.log_format)
+    } else {
+        telemetry::init_for_command("audit-consumer", config.log_level, config.log_format)
+    };
 
     match command {
         Command::Serve => serve(config, &logger).await,
@@ -435,6 +446,19 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Command, String> {
         parse_command(args.iter().map(|a| (*a).to_owned()))
+    }
+
+    #[test]
+    fn help_anywhere_asks_for_the_help() {
+        for args in [
+            &["--help"][..],
+            &["help"],
+            &["dead-letters", "--help"],
+            &["dead-letters", "list", "-h"],
+            &["dead-letters", "replay", "--all", "--help"],
+        ] {
+            assert_eq!(parse(args), Ok(Command::Help), "{args:?}");
+        }
     }
 
     #[test]

@@ -75,7 +75,21 @@ pub struct LogGuard {
 
 /// Builds the root logger of a service and routes `log` records into it.
 pub fn init(service: &'static str, level: LogLevel, format: LogFormat) -> (Logger, LogGuard) {
-    let logger = build(service, level, format);
+    install(build(service, level, format, std::io::stdout), level)
+}
+
+/// [`init`] for a one-off command (a migration, a dead-letter replay): the
+/// same lines, on stderr, so that stdout carries only what the command
+/// prints for its user.
+pub fn init_for_command(
+    service: &'static str,
+    level: LogLevel,
+    format: LogFormat,
+) -> (Logger, LogGuard) {
+    install(build(service, level, format, std::io::stderr), level)
+}
+
+fn install(logger: Logger, level: LogLevel) -> (Logger, LogGuard) {
     let scope = slog_scope::set_global_logger(logger.clone());
     // Fails only when a `log` logger is already installed, in which case the
     // records already go somewhere; not a reason to stop the service.
@@ -83,9 +97,12 @@ pub fn init(service: &'static str, level: LogLevel, format: LogFormat) -> (Logge
     (logger, LogGuard { _scope: scope })
 }
 
-fn build(service: &'static str, level: LogLevel, format: LogFormat) -> Logger {
+fn build<W>(service: &'static str, level: LogLevel, format: LogFormat, out: fn() -> W) -> Logger
+where
+    W: std::io::Write + Send + 'static,
+{
     let drain = match format {
-        LogFormat::Json => slog_json::Json::new(std::io::stdout())
+        LogFormat::Json => slog_json::Json::new(out())
             .add_key_value(o!(
                 "ts" => slog::PushFnValue(|_, ser| ser.emit(now_rfc3339())),
                 "level" => slog::FnValue(|record| record.level().as_short_str()),
@@ -94,7 +111,7 @@ fn build(service: &'static str, level: LogLevel, format: LogFormat) -> Logger {
             .build()
             .fuse(),
         LogFormat::Text => {
-            let decorator = slog_term::PlainDecorator::new(std::io::stdout());
+            let decorator = slog_term::PlainDecorator::new(out());
             let text = slog_term::FullFormat::new(decorator).build().fuse();
             return finish(service, level, text);
         }
