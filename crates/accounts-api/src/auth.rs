@@ -1,8 +1,8 @@
 //! Bearer tokens: HS256 JWTs signed with `AUTH_JWT_SECRET`.
 //!
 //! The algorithm is pinned (a token announcing `none` or any other algorithm
-//! is refused), `exp` is required, and `iss`/`aud` are checked when
-//! configured. `sub` is the actor id; the optional `actor_type` claim is
+//! is refused), `exp` is required, `nbf` is honoured when present (both with
+//! the same small leeway), and `iss`/`aud` are checked when configured. `sub` is the actor id; the optional `actor_type` claim is
 //! `user` (the default) or `service`.
 
 use std::time::Duration;
@@ -36,6 +36,8 @@ pub enum AuthError {
     Missing,
     #[error("the Authorization header must be `Bearer <token>`")]
     NotBearer,
+    #[error("more than one Authorization header")]
+    Ambiguous,
     #[error("invalid token: {0}")]
     Invalid(String),
 }
@@ -60,6 +62,7 @@ impl Verifier {
         validation.algorithms = vec![Algorithm::HS256];
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         // jsonwebtoken checks `iss`/`aud` only when present unless they are
         // also listed as required: a token without them must not slip by.
         let mut required = vec!["exp", "sub"];
@@ -86,12 +89,15 @@ impl Verifier {
         }
     }
 
-    /// The actor of a request, from its `Authorization` header.
+    /// The actor of a request, from its `Authorization` header. Two such
+    /// headers are refused rather than one of them picked: a proxy and the
+    /// service must never disagree on who the caller is.
     pub fn authenticate(&self, request: &HttpRequest) -> Result<Actor, AuthError> {
-        let value = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .ok_or(AuthError::Missing)?;
+        let mut values = request.headers().get_all(header::AUTHORIZATION);
+        let value = values.next().ok_or(AuthError::Missing)?;
+        if values.next().is_some() {
+            return Err(AuthError::Ambiguous);
+        }
         let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
         let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::NotBearer)?;
         if !scheme.eq_ignore_ascii_case("bearer") {

@@ -3,11 +3,13 @@
 //! all or more than [`MAX_HEADER_COUNT`] fields get 431, both as
 //! problem+json with the request id like every other error.
 //!
-//! The HTTP layer (actix-http) has harder limits of its own — a request head
-//! of 128 KiB, 96 header fields — past which it answers 431 or 400 itself,
-//! without a body. These are lower, so that any head it accepts and we do
-//! not gets our explained answer. A refused head reaches no route, so it
-//! has no actor and no audit event.
+//! The HTTP layer (actix-http, and the `http` crate under it) has harder
+//! limits of its own — a request head of 128 KiB, 96 header fields, a
+//! request target of about 64 KiB — past which it answers 431 or 400
+//! itself, without a body; so does a head it cannot parse (a malformed
+//! `Content-Length` or chunk size). Ours are lower, so that any head it
+//! accepts and we do not gets our explained answer. A refused head reaches
+//! no route, so it has no actor and no audit event.
 //!
 //! The body has its own limit (`API_MAX_BODY_BYTES`, 413), applied by the
 //! routes that read one.

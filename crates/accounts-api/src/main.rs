@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use accounts_api::config::{self, AuthConfig, DatabaseConfig};
-use accounts_api::{startup, Application, Config};
+use accounts_api::startup::{self, MisconfiguredDatabase};
+use accounts_api::{Application, Config};
 use audit_event::ActorType;
 
 const USAGE: &str = "\
@@ -28,7 +29,8 @@ API_BIND, ...); see the README for the full list. `token` needs only
 AUTH_JWT_SECRET (and AUTH_JWT_ISSUER / AUTH_JWT_AUDIENCE when they are set).
 ";
 
-/// Exit code for bad usage or configuration: nothing was attempted.
+/// Exit code for bad usage or configuration (a variable, or a database that
+/// answers but cannot serve the API): retrying as it is cannot help.
 const EXIT_USAGE: u8 = 2;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -159,14 +161,26 @@ async fn serve() -> ExitCode {
     };
     let (logger, _guard) = telemetry::init("accounts-api", config.log_level, config.log_format);
     let shutdown = telemetry::shutdown_signal(&logger);
-    let result = async {
-        Application::build(config, logger.clone())
-            .await?
-            .run_until_stopped(shutdown)
-            .await
-    }
-    .await;
-    match result {
+    // Start-up waits for an unreachable database; a SIGTERM meanwhile ends it.
+    let built = tokio::select! {
+        built = Application::build(config, logger.clone()) => built,
+        () = shutdown.cancelled() => {
+            slog::info!(logger, "stopped before start-up finished");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let app = match built {
+        Ok(app) => app,
+        Err(error) => {
+            slog::crit!(logger, "accounts-api cannot start"; "error" => format!("{error:#}"));
+            return if error.downcast_ref::<MisconfiguredDatabase>().is_some() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+    };
+    match app.run_until_stopped(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             slog::crit!(logger, "accounts-api failed"; "error" => format!("{error:#}"));

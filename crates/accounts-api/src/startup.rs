@@ -54,6 +54,63 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .context("applying the accounts migrations")
 }
 
+/// The longest wait between two attempts to reach the database at start.
+const STARTUP_RETRY_MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// The database answers but cannot serve the API as configured (wrong
+/// credentials, no such database, a migration that cannot apply). Retrying
+/// cannot fix it, so the service stops; the text is one line saying why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MisconfiguredDatabase(pub String);
+
+/// Applies the migrations at start. While the database is unreachable it
+/// retries, forever, with a growing wait: an API started alongside its
+/// database waits for it rather than crash-looping (the caller stops the
+/// wait on SIGTERM). Any other failure is a [`MisconfiguredDatabase`].
+pub async fn migrate_when_reachable(pool: &PgPool, logger: &Logger) -> anyhow::Result<()> {
+    let mut wait = Duration::from_millis(250);
+    loop {
+        let error = match migrator().run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        let unreachable = match &error {
+            sqlx::migrate::MigrateError::Execute(e) => is_unreachable(e),
+            _ => false,
+        };
+        let text = one_line(&error.to_string());
+        if !unreachable {
+            return Err(MisconfiguredDatabase(format!(
+                "could not apply the accounts migrations: {text}"
+            ))
+            .into());
+        }
+        slog::warn!(logger, "the database is not reachable yet; retrying";
+            "error" => text, "retry_in_ms" => wait.as_millis());
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(STARTUP_RETRY_MAX_WAIT);
+    }
+}
+
+/// Whether a failure says the database is away (or not accepting
+/// connections yet) rather than refusing us: worth waiting for.
+fn is_unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+        // 08: connection exception; 53: too many connections, out of
+        // memory or disk; 57P0x: the server is starting or shutting down.
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("53") || code.starts_with("57P0")
+        }),
+        _ => false,
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// The built service, bound to its port but not yet serving.
 pub struct Application {
     port: u16,
@@ -81,7 +138,7 @@ impl Application {
     pub async fn build(config: Config, logger: Logger) -> anyhow::Result<Application> {
         let pool = connect_pool(&config.database);
         if config.database.run_migrations {
-            migrate(&pool).await?;
+            migrate_when_reachable(&pool, &logger).await?;
             slog::info!(logger, "migrations applied");
         }
 

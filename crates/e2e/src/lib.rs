@@ -35,6 +35,9 @@ pub struct Target {
 pub enum Expected {
     /// No valid token: no event.
     NoEvent,
+    /// Over the actor's rate limit (429): refused before it reached the
+    /// route, so no event either.
+    RateLimited,
     Succeeded {
         event_id: Uuid,
         version: i64,
@@ -58,6 +61,7 @@ pub struct Expectation {
 pub struct Report {
     pub requests: usize,
     pub without_valid_token: usize,
+    pub rate_limited: usize,
     pub succeeded: usize,
     pub rejected: usize,
     /// Rows found for this run in `audit_logs`.
@@ -68,9 +72,13 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} requests: {} succeeded, {} rejected, {} without a valid token; {} audit rows, one per authenticated request",
-            self.requests, self.succeeded, self.rejected, self.without_valid_token, self.rows
-        )
+            "{} requests: {} succeeded, {} rejected, {} without a valid token",
+            self.requests, self.succeeded, self.rejected, self.without_valid_token
+        )?;
+        if self.rate_limited > 0 {
+            write!(f, ", {} rate limited (429, not audited)", self.rate_limited)?;
+        }
+        write!(f, "; {} audit rows, one per audited request", self.rows)
     }
 }
 
@@ -285,6 +293,7 @@ async fn send(
                 action: format!("account.{}", action["action"].as_str().unwrap_or_default()),
             }
         }
+        (Some(_), 429) => Expected::RateLimited,
         (Some(actor), 400 | 404 | 409 | 413 | 415 | 422) => Expected::Rejected {
             status,
             actor: actor.to_owned(),
@@ -311,7 +320,7 @@ pub async fn verify(
 ) -> anyhow::Result<Report> {
     let want = expectations
         .iter()
-        .filter(|e| e.expected != Expected::NoEvent)
+        .filter(|e| !matches!(e.expected, Expected::NoEvent | Expected::RateLimited))
         .count();
     let pattern = format!("e2e-{run}-%");
     let started = Instant::now();
@@ -367,6 +376,12 @@ pub async fn verify(
             (Expected::NoEvent, []) => report.without_valid_token += 1,
             (Expected::NoEvent, rows) => problems.push(format!(
                 "{}: no valid token, yet {} audit row(s)",
+                e.request_id,
+                rows.len()
+            )),
+            (Expected::RateLimited, []) => report.rate_limited += 1,
+            (Expected::RateLimited, rows) => problems.push(format!(
+                "{}: rate limited (429), yet {} audit row(s)",
                 e.request_id,
                 rows.len()
             )),

@@ -44,6 +44,8 @@ async fn every_authenticated_request_leaves_exactly_one_audit_row() {
     assert!(report.succeeded >= 60, "{report}");
     assert!(report.rejected >= 60, "{report}");
     assert!(report.without_valid_token >= 20, "{report}");
+    // 600 requests from two actors stay within the default burst.
+    assert_eq!(report.rate_limited, 0, "{report}");
     let succeeded_actions: Vec<(String,)> = sqlx::query_as(
         "SELECT DISTINCT action FROM audit_logs WHERE outcome = 'succeeded' ORDER BY action",
     )
@@ -91,4 +93,27 @@ async fn every_authenticated_request_leaves_exactly_one_audit_row() {
     assert_eq!(stored as usize, report.rows);
 
     stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_over_the_rate_limit_are_answered_429_and_leave_no_row() {
+    let limit = [
+        ("RATE_LIMIT_PER_SECOND", "1".to_owned()),
+        ("RATE_LIMIT_BURST", "20".to_owned()),
+    ];
+    let stack = spawn_stack(SECRET, &limit, &[]).await;
+
+    let expectations = e2e::drive(&stack.target(), "limited", 200, 8, 7)
+        .await
+        .expect("every request answered as the contract says");
+    let audit = sqlx::PgPool::connect(&stack.audit_url).await.unwrap();
+    let report = e2e::verify(&audit, "limited", &expectations, Duration::from_secs(60))
+        .await
+        .expect("audit trail matches the requests");
+
+    println!("{report}");
+    // Two actors, a burst of 20 each: most of the 200 are refused.
+    assert!(report.rate_limited >= 100, "{report}");
+    assert_eq!(report.rows, report.succeeded + report.rejected);
+    assert!(report.rows >= 20, "{report}");
 }

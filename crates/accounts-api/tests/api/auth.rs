@@ -261,6 +261,58 @@ async fn exp_has_a_small_leeway_and_no_more() {
     assert_eq!(response.status(), 401);
 }
 
+#[tokio::test]
+async fn a_token_not_valid_yet_is_401_beyond_the_leeway() {
+    let app = spawn_app().await;
+    let later = sign(
+        &json!({"sub": "alice", "exp": now() + 7200, "nbf": now() + 3600}),
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+    );
+    expect_unauthorized(&app, Some(format!("Bearer {later}"))).await;
+
+    // A few seconds ahead of our clock is skew, not a future token.
+    let skewed = sign(
+        &json!({"sub": "alice", "exp": now() + 600, "nbf": now() + 5}),
+        Algorithm::HS256,
+        SECRET.as_bytes(),
+    );
+    let response = app
+        .client
+        .post(app.actions_url(&Uuid::new_v4().to_string()))
+        .bearer_auth(&skewed)
+        .header("content-type", "application/json")
+        .body(json!({"action": "open", "params": {"name": "Acme"}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+}
+
+#[tokio::test]
+async fn two_authorization_headers_are_401_even_if_one_is_valid() {
+    let app = spawn_app().await;
+    let alice = app.token("alice");
+    let mallory = app.token("mallory");
+    for (first, second) in [(&alice, &mallory), (&alice, &alice)] {
+        let response = app
+            .client
+            .post(app.actions_url(&Uuid::new_v4().to_string()))
+            .header("authorization", format!("Bearer {first}"))
+            .header("authorization", format!("Bearer {second}"))
+            .header("content-type", "application/json")
+            .body(json!({"action": "open", "params": {"name": "Acme"}}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        assert_eq!(problem(response).await["code"], "unauthorized");
+    }
+    assert_eq!(app.outbox_count().await, 0);
+    assert!(app.accounts().await.is_empty());
+}
+
 /// A slog drain that keeps every record as a line of JSON.
 #[derive(Clone, Default)]
 struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

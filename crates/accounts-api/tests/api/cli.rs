@@ -5,7 +5,10 @@ use std::process::{Command, Output};
 use serde_json::json;
 use uuid::Uuid;
 
+use std::time::Duration;
+
 use crate::helpers::{spawn_app, SECRET};
+use crate::pipeline::ApiProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_accounts-api");
 
@@ -130,4 +133,63 @@ async fn migrate_applies_the_schema_and_tolerates_another_services_migrations() 
         )
         .unwrap();
     assert_eq!(tables, "_sqlx_migrations,accounts,idempotency_keys,outbox");
+}
+
+fn serve_env(database_url: &str) -> Vec<(String, String)> {
+    [
+        ("DATABASE_URL", database_url),
+        ("AUTH_JWT_SECRET", SECRET),
+        ("RELAY_ENABLED", "false"),
+        ("LOG_FORMAT", "text"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_database_at_start_is_waited_for_not_fatal() {
+    let mut postgres = tokio::task::spawn_blocking(testkit::Postgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let url = postgres.create_database("later").unwrap();
+    tokio::task::block_in_place(|| postgres.stop()).unwrap();
+
+    let mut api = ApiProcess::spawn(serve_env(&url));
+    // Each attempt lasts DATABASE_ACQUIRE_TIMEOUT_MS (3 s); wait for two.
+    let retried = crate::helpers::eventually(Duration::from_secs(20), || {
+        let output = api.output();
+        async move { output.matches("the database is not reachable yet").count() >= 2 }
+    })
+    .await;
+    assert!(retried, "{}", api.output());
+    assert!(api.is_running(), "{}", api.output());
+
+    tokio::task::block_in_place(|| postgres.start_again()).unwrap();
+    api.wait_until_ready(Duration::from_secs(30)).await;
+    assert!(
+        api.output().contains("migrations applied"),
+        "{}",
+        api.output()
+    );
+}
+
+#[tokio::test]
+async fn a_database_that_refuses_the_service_stops_it_with_exit_code_2_and_one_line() {
+    let postgres = tokio::task::spawn_blocking(testkit::Postgres::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let missing = postgres.url("no_such_database");
+    let mut api = ApiProcess::spawn(serve_env(&missing));
+    assert_eq!(api.exit_code(Duration::from_secs(20)).await, Some(2));
+    let output = api.output();
+    let lines: Vec<&str> = output.lines().filter(|l| l.contains("CRIT")).collect();
+    assert_eq!(lines.len(), 1, "{output}");
+    assert!(lines[0].contains("accounts-api cannot start"), "{output}");
+    assert!(
+        lines[0].contains("database \"no_such_database\" does not exist"),
+        "{output}"
+    );
 }

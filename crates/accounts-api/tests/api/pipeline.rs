@@ -286,6 +286,13 @@ impl ApiProcess {
     /// Starts `accounts-api serve` with exactly `vars` (plus a free port)
     /// and waits until it is ready.
     pub async fn start(vars: Vec<(String, String)>) -> ApiProcess {
+        let mut process = ApiProcess::spawn(vars);
+        process.wait_until_ready(Duration::from_secs(20)).await;
+        process
+    }
+
+    /// Starts `accounts-api serve` with exactly `vars` (plus a free port).
+    pub fn spawn(vars: Vec<(String, String)>) -> ApiProcess {
         let port = testkit::free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_accounts-api"))
             .arg("serve")
@@ -306,21 +313,42 @@ impl ApiProcess {
             let output = Arc::clone(&output);
             std::thread::spawn(move || collect(pipe, &output));
         }
-        let mut process = ApiProcess {
+        ApiProcess {
             child,
             base: format!("http://127.0.0.1:{port}"),
             output,
-        };
-        let readyz = format!("{}/readyz", process.base);
-        let ready = eventually(Duration::from_secs(20), || async {
+        }
+    }
+
+    pub async fn wait_until_ready(&mut self, timeout: Duration) {
+        let readyz = format!("{}/readyz", self.base);
+        let ready = eventually(timeout, || async {
             reqwest::get(&readyz)
                 .await
                 .is_ok_and(|r| r.status().is_success())
         })
         .await;
-        assert!(ready, "accounts-api not ready: {}", process.output());
-        assert!(process.child.try_wait().unwrap().is_none());
-        process
+        assert!(ready, "accounts-api not ready: {}", self.output());
+        assert!(self.is_running());
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit code.
+    pub async fn exit_code(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "accounts-api still running after {timeout:?}: {}",
+            self.output()
+        );
     }
 
     /// SIGKILL: no chance to finish anything.
