@@ -6,6 +6,12 @@
 //! concurrent changes to one account are serialized and `version` grows by
 //! exactly one per change, without gaps.
 //!
+//! Invariant: a refusal ([`ChangeError`] other than `Database`) is decided
+//! before the first write and no statement here fails on a refused value
+//! (`open` uses `ON CONFLICT DO NOTHING`), so a refused change leaves the
+//! caller's transaction usable and with nothing to undo: the caller records
+//! the rejected attempt in it directly, without a savepoint.
+//!
 //! ```text
 //!            open                suspend
 //!  (none) ─────────► active ◄──────────────► suspended
