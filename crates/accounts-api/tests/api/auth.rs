@@ -228,24 +228,26 @@ async fn a_token_announcing_another_algorithm_family_is_401() {
     }
 }
 
-#[tokio::test]
-async fn exp_has_a_small_leeway_and_no_more() {
-    let app = spawn_app().await;
-    let just_expired = sign(
-        &json!({"sub": "alice", "exp": now() - 5}),
-        Algorithm::HS256,
-        SECRET.as_bytes(),
-    );
-    let response = app
-        .client
+/// The status of opening a new account with a token of these claims.
+async fn open_with_claims(app: &TestApp, claims: &Value) -> u16 {
+    let token = sign(claims, Algorithm::HS256, SECRET.as_bytes());
+    app.client
         .post(app.actions_url(&Uuid::new_v4().to_string()))
-        .bearer_auth(&just_expired)
+        .bearer_auth(&token)
         .header("content-type", "application/json")
         .body(json!({"action": "open", "params": {"name": "Acme"}}).to_string())
         .send()
         .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn exp_has_a_small_leeway_and_no_more() {
+    let app = spawn_app().await;
+    let just_expired = json!({"sub": "alice", "exp": now() - 5});
+    assert_eq!(open_with_claims(&app, &just_expired).await, 201);
     let long_expired = sign(
         &json!({"sub": "alice", "exp": now() - 120}),
         Algorithm::HS256,
@@ -272,21 +274,8 @@ async fn a_token_not_valid_yet_is_401_beyond_the_leeway() {
     expect_unauthorized(&app, Some(format!("Bearer {later}"))).await;
 
     // A few seconds ahead of our clock is skew, not a future token.
-    let skewed = sign(
-        &json!({"sub": "alice", "exp": now() + 600, "nbf": now() + 5}),
-        Algorithm::HS256,
-        SECRET.as_bytes(),
-    );
-    let response = app
-        .client
-        .post(app.actions_url(&Uuid::new_v4().to_string()))
-        .bearer_auth(&skewed)
-        .header("content-type", "application/json")
-        .body(json!({"action": "open", "params": {"name": "Acme"}}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
+    let skewed = json!({"sub": "alice", "exp": now() + 600, "nbf": now() + 5});
+    assert_eq!(open_with_claims(&app, &skewed).await, 201);
 }
 
 #[tokio::test]
