@@ -15,9 +15,9 @@ use crate::procfs::{CpuMeter, CpuUsage, Role};
 /// row lock, the update, the outbox row. The payload is a real event of the
 /// size the API writes. Two differences are left: pgbench prepares the
 /// transaction-control statements too, where sqlx sends them as simple
-/// queries (parsed each time, a few microseconds); and sqlx checks a pooled
-/// connection before handing it out (`test_before_acquire`), one more round
-/// trip per request that pgbench does not make.
+/// queries (parsed each time, a few microseconds); and sqlx checks each
+/// connection with a round trip when the pool takes it back, one more per
+/// request (after the response) that pgbench does not make.
 pub fn script() -> String {
     format!(
         "\\set aid random(1, :accounts)\n\

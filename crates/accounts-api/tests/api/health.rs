@@ -125,3 +125,32 @@ async fn a_database_outage_gives_503_and_writes_nothing() {
         .await;
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn after_a_database_restart_pooled_connections_are_replaced_unseen() {
+    let mut app = spawn_app_with(|_| {}).await;
+    // Several requests at once leave several connections in the pool.
+    let ids: Vec<Uuid> = futures_util::future::join_all((0..4).map(|i| {
+        let app = &app;
+        async move { app.open_account(&format!("Acme {i}")).await }
+    }))
+    .await;
+    let mut postgres = app.postgres.take().unwrap();
+    let postgres = tokio::task::spawn_blocking(move || {
+        postgres.stop().unwrap();
+        postgres.start_again().unwrap();
+        postgres
+    })
+    .await
+    .unwrap();
+    app.postgres = Some(postgres);
+    // The pooled connections died with the server; idle for over a second,
+    // each is checked before use and replaced, so no request sees it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for id in ids {
+        let response = app
+            .act(id, json!({"action": "rename", "params": {"name": "After"}}))
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+}
