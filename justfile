@@ -84,9 +84,14 @@ dead-letters *args:
     NSQD_TCP_ADDRESS="${NSQD_TCP_ADDRESS:-127.0.0.1:${DEV_NSQD_TCP_PORT:-4150}}" \
     LOG_FORMAT="${LOG_FORMAT:-text}" cargo run -q -p audit-consumer -- dead-letters "$@"
 
-# Send N mixed requests to the running `just dev` stack and check the audit trail they leave
-verify n="1000" *args:
-    AUTH_JWT_SECRET="${AUTH_JWT_SECRET:-{{dev_secret}}}" cargo run -q -p e2e -- --requests {{n}} {{args}}
+# Send N mixed requests (default 1000) to the running `just dev` stack and check the audit trail they leave (`just verify --help`)
+[positional-arguments]
+verify *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # `just verify 3000 …`: a leading number is the request count (default 1000).
+    if [[ "${1:-}" =~ ^[0-9]+$ ]]; then set -- --requests "$@"; fi
+    AUTH_JWT_SECRET="${AUTH_JWT_SECRET:-{{dev_secret}}}" exec cargo run -q -p e2e -- "$@"
 
 # Measure each part against what Postgres and the machine allow: bench/results/<date>.json and the table in docs/benchmarks.md (`just bench --quick`: a short check; `--help`)
 [positional-arguments]
@@ -105,6 +110,10 @@ dev-clean:
     #!/usr/bin/env bash
     set -euo pipefail
     source scripts/pg.sh
+    if [ -e .dev/dev.lock ]; then
+        exec 9>.dev/dev.lock
+        flock -n 9 || { echo "just dev is running in this folder; stop it first" >&2; exit 1; }
+    fi
     if [ -e .dev/pg ]; then
         pg_stop .dev/pg
         if [ -L .dev/pg ]; then rm -rf "$(readlink -f .dev/pg)"; fi

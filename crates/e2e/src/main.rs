@@ -12,8 +12,10 @@ usage: e2e [--requests N] [--concurrency N] [--seed N] [--timeout-secs N]
            [--api URL] [--audit-database-url URL]
 
 Sends N requests (default 1000) to the accounts API and checks that the audit
-database holds exactly one row per request that carried a valid token, and none
-for the others (nor for those refused with 429 by the per-actor rate limit). Defaults match `just dev`: --api http://127.0.0.1:8080 and
+database holds exactly one row per request that carried a valid token and none
+for the others. Requests refused with 429 by the per-actor rate limit (over
+about 2,000 requests at the default limits) are counted and must leave no row.
+Defaults match `just dev`: --api http://127.0.0.1:8080 and
 --audit-database-url postgres://postgres@127.0.0.1:15432/audit.
 AUTH_JWT_SECRET (and AUTH_JWT_ISSUER / AUTH_JWT_AUDIENCE when the API checks
 them) must match the API's.";
