@@ -2,8 +2,9 @@
 //!
 //! The algorithm is pinned (a token announcing `none` or any other algorithm
 //! is refused), `exp` is required, `nbf` is honoured when present (both with
-//! the same small leeway), and `iss`/`aud` are checked when configured. `sub` is the actor id; the optional `actor_type` claim is
-//! `user` (the default) or `service`.
+//! the same small leeway), and `iss`/`aud` are checked when configured.
+//! `sub` is the actor id; the optional `actor_type` claim is `user` (the
+//! default) or `service`.
 
 use std::time::Duration;
 
